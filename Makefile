@@ -1,0 +1,33 @@
+# The README's two commands: `make demo` and `make test`. Both install what is missing.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+
+.PHONY: bootstrap test test-unit test-real demo bench lint typecheck docs gpu-check clean
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+test: bootstrap
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-unit: bootstrap
+	$(PY) -m pytest tests -m unit $(PYTEST_ARGS)
+
+test-real: bootstrap
+	$(PY) -m pytest tests -m real $(PYTEST_ARGS)
+
+demo: bootstrap
+	$(PY) scripts/demo.py
+
+bench: bootstrap
+	$(PY) bench/run.py $(BENCH)
+
+lint: bootstrap
+	@scripts/lint.sh
+
+docs: bootstrap
+	$(PY) scripts/gen_metrics_doc.py > docs/metrics.md
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,173 @@
+"""Run a daemon's collectors for one scrape: concurrently, under a deadline, isolated.
+
+- Every collector runs in its own worker thread; the scrape waits at most `timeout` seconds.
+  A collector that raises or misses the deadline is reported with
+  `hpcobs_collector_up{collector} 0`; the others' metrics are served as usual.
+- Single flight: while a collector's collection is still running (a hung source), later
+  scrapes wait on that same run instead of starting another one, so a wedged driver costs one
+  thread, not one per scrape, and two Prometheus servers scraping at once share one read.
+- State changes (up → down, down → up) are logged once, not on every scrape.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
+
+from hpcobs.exporters.runtime.collector import Collector, NoDataError
+from hpcobs.exporters.runtime.metricdef import MetricDef
+from prometheus_client.metrics_core import Metric
+
+UP = MetricDef(
+    "hpcobs_collector_up",
+    "gauge",
+    "1 when the collector's last collection succeeded within the deadline, else 0.",
+    ("collector",),
+)
+DURATION = MetricDef(
+    "hpcobs_collector_duration_seconds",
+    "gauge",
+    "Time the collector's collection took in this scrape (the deadline when it missed it).",
+    ("collector",),
+)
+METRICS = (UP, DURATION)
+
+log = logging.getLogger("hpcobs.scrape")
+
+
+@dataclass
+class CollectorState:
+    """What the landing page and the logs know about one collector."""
+
+    name: str
+    up: bool | None = None  # None: never collected
+    duration_seconds: float = 0.0
+    last_error: str = ""
+    last_success_unix: float = 0.0
+    no_data: bool = False
+
+
+@dataclass
+class _Result:
+    metrics: list[Metric] = field(default_factory=list)
+    duration: float = 0.0
+    error: BaseException | None = None
+
+
+class ScrapeCoordinator:
+    """A prometheus_client custom collector that fans out to hpcobs collectors."""
+
+    def __init__(self, collectors: Sequence[Collector], timeout: float) -> None:
+        if timeout <= 0:
+            raise ValueError("scrape timeout must be positive")
+        names = [c.name for c in collectors]
+        if len(set(names)) != len(names) or not all(names):
+            raise ValueError(f"collector names must be unique and non-empty: {names}")
+        self.collectors = {c.name: c for c in collectors}
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._inflight: dict[str, tuple[float, Future[_Result]]] = {}
+        self._states = {n: CollectorState(n) for n in names}
+
+    # -- prometheus_client interface ---------------------------------------------------
+    def collect(self) -> Iterator[Metric]:
+        return self.scrape()
+
+    def scrape(
+        self, only: Iterable[str] | None = None, timeout: float | None = None
+    ) -> Iterator[Metric]:
+        """Collect `only` these collectors (default all) within `timeout` seconds."""
+        names = (
+            list(self.collectors)
+            if only is None
+            else [n for n in self.collectors if n in set(only)]
+        )
+        budget = self.timeout if timeout is None else max(0.001, min(timeout, self.timeout))
+        started = time.monotonic()
+        futures = {name: self._submit(name) for name in names}
+        wait_futures([f for _, f in futures.values()], timeout=budget)
+
+        up = UP.gauge()
+        duration = DURATION.gauge()
+        for name, (submitted, future) in futures.items():
+            if future.done():
+                result = future.result()
+                ok = result.error is None
+                if ok:
+                    yield from result.metrics
+                self._record(name, ok, result.duration, result.error)
+                took = result.duration
+            else:
+                took = time.monotonic() - min(submitted, started)
+                self._record(name, False, took, TimeoutError(f"no result within {budget:g}s"))
+            up.add_metric([name], 1.0 if self._states[name].up else 0.0)
+            duration.add_metric([name], took)
+        yield up
+        yield duration
+
+    # -- internals ---------------------------------------------------------------------
+    def _submit(self, name: str) -> tuple[float, Future[_Result]]:
+        with self._lock:
+            running = self._inflight.get(name)
+            if running is not None and not running[1].done():
+                return running
+            future: Future[_Result] = Future()
+            entry = (time.monotonic(), future)
+            self._inflight[name] = entry
+        # A daemon thread per collection: a collector hung in a driver call must not keep
+        # the process from exiting (ThreadPoolExecutor joins its workers at exit).
+        collector = self.collectors[name]
+        threading.Thread(
+            target=lambda: future.set_result(self._run(collector)),
+            name=f"collector-{name}",
+            daemon=True,
+        ).start()
+        return entry
+
+    @staticmethod
+    def _run(collector: Collector) -> _Result:
+        start = time.perf_counter()
+        result = _Result()
+        try:
+            result.metrics = list(collector.collect())
+        except NoDataError as exc:
+            result.metrics = []
+            result.error = None
+            log.debug("no data", extra={"collector": collector.name, "reason": str(exc)})
+        except Exception as exc:  # a collector failure never fails the scrape
+            result.error = exc
+        result.duration = time.perf_counter() - start
+        return result
+
+    def _record(self, name: str, ok: bool, took: float, error: BaseException | None) -> None:
+        with self._lock:
+            state = self._states[name]
+            previous = state.up
+            state.up = ok
+            state.duration_seconds = took
+            if ok:
+                state.last_success_unix = time.time()
+                state.last_error = ""
+            else:
+                state.last_error = f"{type(error).__name__}: {error}" if error else "unknown error"
+        if ok and previous is False:
+            log.info("collector recovered", extra={"collector": name})
+        elif not ok and previous is not False:
+            log.warning("collector failed", extra={"collector": name, "err": state.last_error})
+
+    def states(self) -> list[CollectorState]:
+        with self._lock:
+            return [CollectorState(**vars(s)) for s in self._states.values()]
+
+    def close(self) -> None:
+        """Close every collector (stops their background threads)."""
+        for collector in self.collectors.values():
+            try:
+                collector.close()
+            except Exception:
+                log.exception("closing collector failed", extra={"collector": collector.name})

@@ -1,0 +1,44 @@
+"""Suite-wide pytest configuration.
+
+Every test carries exactly one of the markers `unit` (no servers, seconds) or `real`
+(real Prometheus, Alertmanager, Pushgateway, node_exporter, Slurm, Open MPI). A `real`
+test whose component cannot start fails with the reason; nothing is skipped quietly.
+
+Fixtures for the real components live in `tests/harness/` and are loaded as plugins.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["harness.servers", "harness.slurm"]
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    bad = []
+    for item in items:
+        kinds = {m.name for m in item.iter_markers()} & {"unit", "real"}
+        if len(kinds) != 1:
+            bad.append(item.nodeid)
+    if bad:
+        raise pytest.UsageError(
+            "every test needs exactly one of the markers 'unit' or 'real': " + ", ".join(bad[:10])
+        )
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_fixtures() -> Path:
+    """The read-only real-format fixture trees (../shared/fixtures); fail if absent."""
+    if not SHARED_FIXTURES.is_dir():
+        pytest.fail(f"shared fixture trees not found at {SHARED_FIXTURES}")
+    return SHARED_FIXTURES
