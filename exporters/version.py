@@ -6,8 +6,9 @@ import platform
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 
-from hpcobs.exporters.runtime.metricdef import MetricDef
 from prometheus_client.metrics_core import Metric
+
+from hpcobs.exporters.runtime.metricdef import MetricDef
 
 try:
     VERSION = version("hpcobs")

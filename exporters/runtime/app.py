@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
 
+from prometheus_client.metrics_core import Metric
+
 from hpcobs.exporters.runtime.cli import (
     add_collector_flags,
     add_path_flags,
@@ -27,7 +29,6 @@ from hpcobs.exporters.runtime.scrape import ScrapeCoordinator
 from hpcobs.exporters.runtime.server import ExporterServer, parse_listen_address
 from hpcobs.exporters.runtime.webconfig import WebConfigError, load_web_config
 from hpcobs.exporters.version import VERSION, build_info
-from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger("hpcobs")
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from hpcobs.exporters.runtime.collector import CollectorSpec
 from hpcobs.exporters.runtime.log import FORMATS, LEVELS
 from hpcobs.exporters.version import VERSION

@@ -1,8 +1,8 @@
 """Log a problem once per key (a file path, a GPU, a job), not once per scrape.
 
-    bad_files = OnceLog(logging.getLogger("hpcobs.rdma"))
-    bad_files.warning(path, "unreadable counter", err=str(exc))   # logged the first time only
-    bad_files.clear(path)                                          # when it becomes good again
+bad_files = OnceLog(logging.getLogger("hpcobs.rdma"))
+bad_files.warning(path, "unreadable counter", err=str(exc))   # logged the first time only
+bad_files.clear(path)                                          # when it becomes good again
 """
 
 from __future__ import annotations

@@ -19,9 +19,10 @@ from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 
+from prometheus_client.metrics_core import Metric
+
 from hpcobs.exporters.runtime.collector import Collector, NoDataError
 from hpcobs.exporters.runtime.metricdef import MetricDef
-from prometheus_client.metrics_core import Metric
 
 UP = MetricDef(
     "hpcobs_collector_up",
