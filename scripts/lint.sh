@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 V=.venv/bin
-$V/ruff check .
-$V/ruff format --check .
+$V/ruff check exporters slo tests scripts bench dashboards setup.py
+$V/ruff format --check exporters slo tests scripts bench dashboards setup.py
 mkdir -p build/typecheck/hpcobs
 ln -sfn ../../../exporters build/typecheck/hpcobs/exporters
 ln -sfn ../../../slo build/typecheck/hpcobs/slo
