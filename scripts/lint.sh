@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 V=.venv/bin
-$V/ruff check exporters slo tests scripts bench dashboards setup.py
-$V/ruff format --check exporters slo tests scripts bench dashboards setup.py
+read -ra SOURCES <<< "$(ls -d exporters slo tests scripts bench dashboards setup.py 2>/dev/null)"
+$V/ruff check "${SOURCES[@]}"
+$V/ruff format --check "${SOURCES[@]}"
 mkdir -p build/typecheck/hpcobs
 ln -sfn ../../../exporters build/typecheck/hpcobs/exporters
 ln -sfn ../../../slo build/typecheck/hpcobs/slo
