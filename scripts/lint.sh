@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 V=.venv/bin
-read -ra SOURCES <<< "$(ls -d exporters slo tests scripts bench dashboards setup.py 2>/dev/null)"
+mapfile -t SOURCES < <(ls -d exporters slo tests scripts bench dashboards setup.py 2>/dev/null)
 $V/ruff check "${SOURCES[@]}"
 $V/ruff format --check "${SOURCES[@]}"
 mkdir -p build/typecheck/hpcobs
