@@ -26,6 +26,9 @@ bench: bootstrap
 lint: bootstrap
 	@scripts/lint.sh
 
+gpu-check: bootstrap
+	scripts/gpu-check.sh
+
 docs: bootstrap
 	$(PY) scripts/gen_metrics_doc.py > docs/metrics.md
 
