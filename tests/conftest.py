@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["harness.servers", "harness.runtime"]
+pytest_plugins = ["harness.servers", "harness.slurm", "harness.runtime"]
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
