@@ -24,9 +24,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 
+from hpcobs.exporters.runtime.exposition import choose_encoder
 from hpcobs.exporters.runtime.scrape import CollectorState, ScrapeCoordinator
 from hpcobs.exporters.runtime.webconfig import BasicAuth, WebConfig
 
