@@ -1,26 +1,26 @@
-"""`hpcobs-mpi-probe`: an mpi4py job measuring collective and pairwise latency, then pushing."""
+"""`hpcobs-mpi-probe`: an mpi4py job that times MPI collectives and pairwise links, then pushes.
+
+Run it under `mpirun`/`srun` (see docs/probe.md). Module map:
+
+- `flags`: the command line.
+- `measure`: the timed part on every rank (calibration, collectives, pairwise phase).
+- `stats`, `topology`, `verdict`: pure logic (statistics, node identity and round-robin
+  schedule, baselines and exit codes), property-tested.
+- `model`: the run's result; `metrics`: its metric families; `report`: summary and JSON.
+- `outputs`: Pushgateway, textfile, OTLP, with retries and the textfile fallback.
+- `watchdog`: `MPI_Abort` after `--timeout`.
+- `app`: wires them together.
+"""
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
-
-from hpcobs.exporters.runtime.cli import VersionAction
-
-PROGRAM = "hpcobs-mpi-probe"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=PROGRAM,
-        description="Run under mpirun/srun: measure MPI collective and pairwise latency, then push.",
-    )
-    parser.add_argument("--version", action=VersionAction)
-    parser.parse_args(argv)
-    print(f"{PROGRAM}: not yet implemented", file=sys.stderr)
-    return 2
+    from hpcobs.exporters.probe.app import main as run
+
+    return run(argv)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+__all__ = ["main"]

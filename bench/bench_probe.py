@@ -1,0 +1,168 @@
+"""`make bench` for hpcobs-mpi-probe: its corrected figures next to a C reference, per size.
+
+Compiles bench/c/mpi_collectives.c with `mpicc` in this run, then alternates C and probe runs
+(`mpirun -n 2`, the same ops, sizes and per-cell time budget, both timing each iteration and
+keeping the slowest rank's time) for a few rounds, and takes each figure's best p50 over the
+rounds (the machine is shared: the best round is the least disturbed one). Prints, per op
+and size, the C p50, the probe's raw and corrected p50 and their ratios to C.
+
+Targets (from issue 8): corrected 8 B allreduce ≤ 1.25 × C; ≥ 64 KiB ≤ 1.05 × C.
+
+Environment: HPCOBS_BENCH_PROBE_RANKS (default 2), HPCOBS_BENCH_PROBE_ROUNDS (default 4),
+HPCOBS_BENCH_PROBE_BUDGET (probe --budget-seconds per round, default 4),
+HPCOBS_BENCH_PROBE_OPS (default all six).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+C_SOURCE = HERE / "c" / "mpi_collectives.c"
+VENV_BIN = Path(sys.executable).parent
+OPS = ("allreduce", "bcast", "allgather", "alltoall", "reduce_scatter", "barrier")
+SIZES = (*(8 * 4**k for k in range(10)), 4 << 20)
+SMALL_TARGET = 1.25  # corrected 8 B allreduce / C
+LARGE_TARGET = 1.05  # corrected ≥ 64 KiB / C
+LARGE_FROM = 64 << 10
+
+Cell = tuple[str, int]
+
+
+def _mpirun(ranks: int) -> list[str]:
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        raise RuntimeError("mpirun not found (Debian: openmpi-bin)")
+    cmd = [mpirun, "--oversubscribe", "-n", str(ranks)]
+    if os.geteuid() == 0:
+        cmd.insert(1, "--allow-run-as-root")
+    return cmd
+
+
+def compile_reference(workdir: Path) -> Path:
+    mpicc = shutil.which("mpicc")
+    if mpicc is None:
+        raise RuntimeError("mpicc not found (Debian: libopenmpi-dev)")
+    binary = workdir / "mpi_collectives"
+    subprocess.run([mpicc, "-O2", "-o", str(binary), str(C_SOURCE)], check=True)
+    return binary
+
+
+def run_c(binary: Path, ranks: int, ops: tuple[str, ...], cell_budget: float) -> dict[Cell, float]:
+    cmd = [
+        *_mpirun(ranks),
+        str(binary),
+        "-b",
+        f"{cell_budget:.6f}",
+        "-o",
+        ",".join(ops),
+        "-s",
+        ",".join(map(str, SIZES)),
+    ]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
+    figures: dict[Cell, float] = {}
+    for line in out.splitlines():
+        op, size, _iters, _lo, p50, _p99, _hi = line.split()
+        figures[(op, int(size))] = float(p50)
+    return figures
+
+
+def run_probe(
+    ranks: int, ops: tuple[str, ...], budget: float
+) -> tuple[dict[Cell, float], dict[Cell, float], int]:
+    probe = VENV_BIN / "hpcobs-mpi-probe"
+    cmd = [
+        *_mpirun(ranks),
+        str(probe),
+        "--json",
+        "--no-pairwise",
+        "--budget-seconds",
+        str(budget),
+        "--timeout",
+        str(budget * 10 + 60),
+        "--ops",
+        ",".join(ops),
+        "--sizes",
+        ",".join(map(str, SIZES)),
+    ]
+    proc = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
+    doc = json.loads(proc.stdout)
+    raw = {(c["op"], c["size_bytes"]): c["raw_seconds"]["p50"] for c in doc["collectives"]}
+    corrected = {
+        (c["op"], c["size_bytes"]): c["corrected_seconds"]["p50"] for c in doc["collectives"]
+    }
+    return raw, corrected, len(doc["collectives"])
+
+
+def _best(into: dict[Cell, float], new: dict[Cell, float]) -> None:
+    for cell, value in new.items():
+        into[cell] = min(value, into.get(cell, value))
+
+
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e6:10.3f}"
+
+
+def main() -> None:
+    ranks = int(os.environ.get("HPCOBS_BENCH_PROBE_RANKS", "2"))
+    rounds = int(os.environ.get("HPCOBS_BENCH_PROBE_ROUNDS", "4"))
+    budget = float(os.environ.get("HPCOBS_BENCH_PROBE_BUDGET", "4"))
+    ops = tuple(os.environ.get("HPCOBS_BENCH_PROBE_OPS", ",".join(OPS)).split(","))
+    with tempfile.TemporaryDirectory(prefix="bench-probe-") as tmp:
+        started = time.monotonic()
+        binary = compile_reference(Path(tmp))
+        print(f"compiled {C_SOURCE.name} with mpicc in {time.monotonic() - started:.1f} s")
+        c_best: dict[Cell, float] = {}
+        raw_best: dict[Cell, float] = {}
+        corrected_best: dict[Cell, float] = {}
+        for number in range(1, rounds + 1):
+            raw, corrected, cells = run_probe(ranks, ops, budget)
+            # the probe spends ~80 % of its budget on the cells; give C the same per cell
+            c_figures = run_c(binary, ranks, ops, 0.8 * budget / max(1, cells))
+            _best(c_best, c_figures)
+            _best(raw_best, raw)
+            _best(corrected_best, corrected)
+            print(f"round {number}/{rounds} done ({time.monotonic() - started:.0f} s)")
+
+    print(
+        f"\nmpirun -n {ranks}, best p50 of {rounds} rounds, µs (ratios: probe / C)\n"
+        f"{'op':<15}{'size':>9}{'C':>11}{'raw':>11}{'corrected':>11}"
+        f"{'raw/C':>8}{'corr/C':>8}"
+    )
+    failures = []
+    for op in ops:
+        for size in (0,) if op == "barrier" else SIZES:
+            cell = (op, size)
+            if cell not in c_best or cell not in corrected_best:
+                continue
+            c_p50, raw_p50, corr_p50 = c_best[cell], raw_best[cell], corrected_best[cell]
+            ratio_raw = raw_p50 / c_p50 if c_p50 > 0 else float("inf")
+            ratio = corr_p50 / c_p50 if c_p50 > 0 else float("inf")
+            mark = ""
+            if op == "allreduce" and size == 8:
+                mark = "  target ≤ 1.25"
+                if ratio > SMALL_TARGET:
+                    failures.append(f"allreduce 8 B: {ratio:.2f} × C > {SMALL_TARGET}")
+            elif size >= LARGE_FROM:
+                mark = "  target ≤ 1.05"
+                if ratio > LARGE_TARGET:
+                    failures.append(f"{op} {size} B: {ratio:.2f} × C > {LARGE_TARGET}")
+            print(
+                f"{op:<15}{size:>9}{_us(c_p50)} {_us(raw_p50)} {_us(corr_p50)}"
+                f"{ratio_raw:8.2f}{ratio:8.2f}{mark}"
+            )
+    if failures:
+        print("targets missed:\n  " + "\n  ".join(failures))
+    else:
+        print("all targets met")
+
+
+if __name__ == "__main__":
+    main()

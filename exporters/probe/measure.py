@@ -1,0 +1,558 @@
+"""The timed part of the probe: calibration, collectives, pairwise ping-pong (runs on every rank).
+
+Timing. Every iteration is timed on its own (`perf_counter` around one mpi4py call with
+numpy buffers: no pickling in timed loops). Each (op, size) cell gets a warm-up, an
+iteration count fitted to its share of `--budget-seconds` (the warm-up's per-iteration time,
+agreed across ranks with an Allreduce MAX so every rank runs the same count), a barrier, and
+the timed loop. Rank 0 gathers every rank's samples and keeps, per iteration, the slowest
+rank's time: a collective is as fast as its slowest rank.
+
+Calibration. Python + mpi4py cost about 0.5–1 µs per call, more than a shared-memory
+collective itself. Right before each cell's timed loop, the same timed loop runs around the
+same mpi4py method on a duplicate of `MPI_COMM_SELF` with zero-length buffers: MPI returns
+from those at once, so the loop measures everything but the communication (interpreter,
+timer, mpi4py's argument and buffer handling, MPI's entry). The median of that no-op loop
+(the lowest of three batches of 500) is the rank's overhead for the cell; corrected samples
+are the raw ones minus the rank's overhead, floored at zero. Calibrating per cell, not once
+per run, keeps the correction in step with the machine (clock frequency, neighbours).
+
+Pairwise. The node leaders (see `topology`) meet in round-robin rounds; in each round every
+pair runs an 8-byte ping-pong (latency: half the round trip) and a `--pairwise.bytes`
+ping-pong (bandwidth), with the lower rank deciding the iteration count and telling its
+partner. Ranks without a partner wait in a non-blocking barrier that sleeps between tests,
+so they do not steal CPU from the pairs being measured. Pair figures are not
+overhead-corrected: they are for comparing pairs and nodes with each other.
+
+numpy and mpi4py are imported inside the functions: this module is importable (for the
+metrics catalogue) without the `probe` extra and without initialising MPI.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hpcobs.exporters.probe.model import CollectiveResult, PairResult, ProbeResult
+from hpcobs.exporters.probe.stats import (
+    PairLatency,
+    median,
+    node_scores,
+    plan_iterations,
+    slowness_ratios,
+    summarize,
+    worst_pairs,
+)
+from hpcobs.exporters.probe.topology import (
+    Identities,
+    IdentityMode,
+    identities,
+    partner_in,
+    round_robin,
+)
+from hpcobs.exporters.probe.watchdog import Watchdog
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    from mpi4py import MPI
+
+    FloatArray = npt.NDArray[np.float64]
+
+log = logging.getLogger("hpcobs.probe")
+
+TAG_LATENCY, TAG_BANDWIDTH, TAG_CONTROL = 7101, 7102, 7103
+NODE_NAME_ENV = "HPCOBS_PROBE_NODE_NAME"
+
+
+@dataclass(frozen=True)
+class Plan:
+    ops: tuple[str, ...]
+    sizes: tuple[int, ...]
+    budget_seconds: float
+    iterations_min: int = 5
+    iterations_max: int = 10000
+    pairwise: bool = True
+    pairwise_bytes: int = 1 << 20
+    pairwise_top_k: int = 5
+    identity_mode: IdentityMode = "auto"
+    max_buffer_bytes: int = 256 << 20
+    pairwise_share: float = 0.2  # of the budget, when there are pairs to measure
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """Fault injection for tests, from the environment (never set in production).
+
+    HPCOBS_PROBE_TEST_SLOW_RANK=r      rank r sleeps in every pairwise ping-pong
+    HPCOBS_PROBE_TEST_SLOW_SECONDS=s   … for s seconds (default 0.001)
+    HPCOBS_PROBE_TEST_EXIT_RANK=r      rank r leaves the probe when the pairwise phase starts
+    HPCOBS_PROBE_TEST_STALL_RANK=r     rank r stops responding when the pairwise phase starts
+    """
+
+    slow_rank: int | None = None
+    slow_seconds: float = 0.001
+    exit_rank: int | None = None
+    stall_rank: int | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Hooks:
+        def rank(name: str) -> int | None:
+            value = env.get(name, "").strip()
+            return int(value) if value.lstrip("-").isdigit() else None
+
+        try:
+            slow_seconds = float(env.get("HPCOBS_PROBE_TEST_SLOW_SECONDS", "0.001"))
+        except ValueError:
+            slow_seconds = 0.001
+        return cls(
+            slow_rank=rank("HPCOBS_PROBE_TEST_SLOW_RANK"),
+            slow_seconds=slow_seconds if math.isfinite(slow_seconds) else 0.001,
+            exit_rank=rank("HPCOBS_PROBE_TEST_EXIT_RANK"),
+            stall_rank=rank("HPCOBS_PROBE_TEST_STALL_RANK"),
+        )
+
+
+class EarlyExit(Exception):
+    """Raised on the rank told to leave early (test hook): main returns without aborting."""
+
+
+def node_name(env: Mapping[str, str]) -> str:
+    return env.get(NODE_NAME_ENV, "").strip() or socket.gethostname()
+
+
+# -- timed loops -----------------------------------------------------------------------------
+# One function per call arity, so the timed window holds nothing but the call itself and two
+# perf_counter() reads; the no-op calibration runs the very same functions.
+
+
+def _timed0(fn: Callable[[], Any], n: int) -> list[float]:
+    pc = time.perf_counter
+    out = [0.0] * n
+    for i in range(n):
+        t0 = pc()
+        fn()
+        out[i] = pc() - t0
+    return out
+
+
+def _timed1(fn: Callable[[Any], Any], a: Any, n: int) -> list[float]:
+    pc = time.perf_counter
+    out = [0.0] * n
+    for i in range(n):
+        t0 = pc()
+        fn(a)
+        out[i] = pc() - t0
+    return out
+
+
+def _timed2(fn: Callable[[Any, Any], Any], a: Any, b: Any, n: int) -> list[float]:
+    pc = time.perf_counter
+    out = [0.0] * n
+    for i in range(n):
+        t0 = pc()
+        fn(a, b)
+        out[i] = pc() - t0
+    return out
+
+
+def _timed3(fn: Callable[[Any, Any, Any], Any], a: Any, b: Any, c: Any, n: int) -> list[float]:
+    pc = time.perf_counter
+    out = [0.0] * n
+    for i in range(n):
+        t0 = pc()
+        fn(a, b, c)
+        out[i] = pc() - t0
+    return out
+
+
+@dataclass(frozen=True)
+class Call:
+    """One collective call, bound to its buffers."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+
+    def run(self, n: int) -> list[float]:
+        if n <= 0:
+            return []
+        if len(self.args) == 0:
+            return _timed0(self.fn, n)
+        if len(self.args) == 1:
+            return _timed1(self.fn, self.args[0], n)
+        if len(self.args) == 2:
+            return _timed2(self.fn, self.args[0], self.args[1], n)
+        return _timed3(self.fn, self.args[0], self.args[1], self.args[2], n)
+
+
+def split_counts(count: int, parts: int) -> list[int]:
+    """`count` elements over `parts` ranks, as evenly as possible (first ranks get more)."""
+    return [count // parts + (1 if r < count % parts else 0) for r in range(parts)]
+
+
+def buffer_bytes(op: str, size: int, ranks: int) -> int:
+    """Bytes of the larger of an op's send/receive buffers at this size."""
+    if op in ("allgather", "alltoall"):
+        return size * ranks
+    return size
+
+
+ALIGN = 2 << 20  # buffers start on a 2 MiB (huge page) boundary, like the C reference's
+
+
+def data_buffer(nbytes: int) -> Any:
+    """A byte buffer filled with 1.0 doubles, starting on a 2 MiB boundary.
+
+    Every page is written (not the kernel's shared zero page, which would flatter large
+    copies), there are no denormals to slow reductions, and the alignment does not depend on
+    where malloc happened to put the array (numpy itself asks for huge pages from 4 MiB on).
+    """
+    import numpy as np
+
+    size = max(8, -(-nbytes // 8) * 8)
+    raw = np.empty(size + ALIGN, dtype=np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    buf = raw[start : start + size]
+    buf.view(np.float64)[:] = 1.0
+    return buf
+
+
+def slowest(matrix: FloatArray, overheads: FloatArray) -> tuple[FloatArray, FloatArray, int]:
+    """(raw slowest per iteration, corrected slowest per iteration, most often slowest rank).
+
+    The numpy form of `stats.slowest_per_iteration` and `stats.subtract_overhead`.
+    """
+    import numpy as np
+
+    corrected = np.maximum(matrix - overheads[:, None], 0.0)
+    counts = np.bincount(np.argmax(matrix, axis=0), minlength=matrix.shape[0])
+    return matrix.max(axis=0), corrected.max(axis=0), int(np.argmax(counts))
+
+
+@dataclass
+class _Cell:
+    op: str
+    size: int
+    iterations: int
+    samples: FloatArray | None  # ranks × iterations on rank 0, None elsewhere
+    overheads: FloatArray | None  # each rank's calibrated no-op time, on rank 0
+
+
+class Prober:
+    def __init__(
+        self, comm: MPI.Intracomm, plan: Plan, hooks: Hooks, watchdog: Watchdog | None = None
+    ) -> None:
+        import numpy as np
+        from mpi4py import MPI as mpi
+
+        self.np = np
+        self.MPI = mpi
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.plan = plan
+        self.hooks = hooks
+        self.watchdog = watchdog
+        self.self_comm = mpi.COMM_SELF.Dup()
+        wanted = [
+            (op, size)
+            for op in plan.ops
+            for size in ((0,) if op == "barrier" else plan.sizes)
+            if op == "barrier" or buffer_bytes(op, size, self.size) <= plan.max_buffer_bytes
+        ]
+        self.skipped: list[tuple[str, int]] = [
+            (op, size)
+            for op in plan.ops
+            if op != "barrier"
+            for size in plan.sizes
+            if (op, size) not in wanted
+        ]
+        self.cells = wanted
+        largest = max((buffer_bytes(op, s, self.size) for op, s in wanted), default=8)
+        self.send = data_buffer(largest)
+        self.recv = data_buffer(largest)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _phase(self, name: str) -> None:
+        if self.watchdog is not None:
+            self.watchdog.enter(name)
+
+    def _agree_max(self, value: float) -> float:
+        buf = self.np.array([value], dtype=self.np.float64)
+        self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.MAX)
+        return float(buf[0])
+
+    def _quiet_barrier(self) -> None:
+        """A barrier that sleeps between tests instead of spinning on the CPU."""
+        request = self.comm.Ibarrier()
+        while not request.Test():
+            time.sleep(0.0002)
+
+    def _spec(self, array: Any, datatype: Any) -> tuple[Any, Any]:
+        """A (buffer, datatype) message over a numpy array: mpi4py handles this form with
+        less work per call than a bare ndarray (no buffer-format lookup), which lowers the
+        Python overhead and the cache footprint between the MPI calls."""
+        return (self.MPI.buffer(array), datatype)
+
+    def call(self, op: str, size: int) -> Call:
+        mpi, comm, spec = self.MPI, self.comm, self._spec
+        if op == "barrier":
+            return Call(comm.Barrier, ())
+        if op == "bcast":
+            return Call(comm.Bcast, (spec(self.send[:size], mpi.BYTE),))
+        if op == "allreduce":
+            return Call(
+                comm.Allreduce,
+                (spec(self.send[:size], mpi.DOUBLE), spec(self.recv[:size], mpi.DOUBLE)),
+            )
+        if op == "allgather":
+            return Call(
+                comm.Allgather,
+                (spec(self.send[:size], mpi.BYTE), spec(self.recv[: size * self.size], mpi.BYTE)),
+            )
+        if op == "alltoall":
+            n = size * self.size
+            return Call(
+                comm.Alltoall, (spec(self.send[:n], mpi.BYTE), spec(self.recv[:n], mpi.BYTE))
+            )
+        if op == "reduce_scatter":
+            counts = split_counts(size // 8, self.size)
+            mine = counts[self.rank] * 8
+            return Call(
+                comm.Reduce_scatter,
+                (spec(self.send[:size], mpi.DOUBLE), spec(self.recv[:mine], mpi.DOUBLE), counts),
+            )
+        raise ValueError(f"unknown op {op!r}")
+
+    def noop_call(self, op: str) -> Call:
+        """The same mpi4py method, same message form, on MPI_COMM_SELF with empty buffers:
+        MPI returns at once, nothing is communicated."""
+        np, mpi, comm, spec = self.np, self.MPI, self.self_comm, self._spec
+        empty = np.zeros(0, dtype=np.uint8)
+        if op == "barrier":
+            return Call(comm.Barrier, ())
+        if op == "bcast":
+            return Call(comm.Bcast, (spec(empty, mpi.BYTE),))
+        double = mpi.DOUBLE if op in ("allreduce", "reduce_scatter") else mpi.BYTE
+        pair = (spec(empty, double), spec(empty.copy(), double))
+        if op in ("allreduce", "allgather", "alltoall"):
+            fn = {
+                "allreduce": comm.Allreduce,
+                "allgather": comm.Allgather,
+                "alltoall": comm.Alltoall,
+            }
+            return Call(fn[op], pair)
+        if op == "reduce_scatter":
+            return Call(comm.Reduce_scatter, (*pair, [0]))
+        raise ValueError(f"unknown op {op!r}")
+
+    # -- phases --------------------------------------------------------------------------
+    def calibrate(self, op: str, iterations: int = 500, batches: int = 3) -> float:
+        """This rank's per-call overhead for `op` now: the lowest median of a few batches of
+        the no-op loop. Run right before each cell's timed loop, so the correction follows
+        the machine's state (frequency, noisy neighbours) through the run."""
+        call = self.noop_call(op)
+        call.run(iterations // 5)
+        return min(median(call.run(iterations)) for _ in range(batches))
+
+    def measure_cell(self, op: str, size: int, budget: float) -> _Cell:
+        np = self.np
+        self._phase(f"{op} {size} B")
+        call = self.call(op, size)
+        call.run(1)  # first touch of the buffers, connection set-up
+        estimate = self._agree_max(median(call.run(3)))
+        warm = 100 if estimate <= 0 else int(min(100.0, 0.1 * budget / estimate))
+        if warm >= 3:
+            estimate = self._agree_max(median(call.run(warm)))
+        iterations = plan_iterations(
+            estimate, 0.9 * budget, self.plan.iterations_min, self.plan.iterations_max
+        )
+        overhead = self.calibrate(op)
+        self.comm.Barrier()
+        timed = np.asarray([*call.run(iterations), overhead], dtype=np.float64)
+        matrix = None
+        if self.rank == 0:
+            matrix = np.empty((self.size, iterations + 1), dtype=np.float64)
+        self.comm.Gather(timed, matrix, root=0)
+        if matrix is None:
+            return _Cell(op, size, iterations, None, None)
+        return _Cell(op, size, iterations, matrix[:, :-1], matrix[:, -1].copy())
+
+    def collectives(self, budget: float) -> list[_Cell]:
+        per_cell = budget / max(1, len(self.cells))
+        return [self.measure_cell(op, size, per_cell) for op, size in self.cells]
+
+    def _pingpong(self, peer: int, buf: Any, n: int, tag: int, delay: float) -> list[float]:
+        send, recv, pc, sleep = self.comm.Send, self.comm.Recv, time.perf_counter, time.sleep
+        out = [0.0] * n
+        for i in range(n):
+            t0 = pc()
+            if delay:
+                sleep(delay)
+            send(buf, peer, tag)
+            recv(buf, peer, tag)
+            out[i] = pc() - t0
+        return out
+
+    def _respond(self, peer: int, buf: Any, n: int, tag: int, delay: float) -> None:
+        send, recv, sleep = self.comm.Send, self.comm.Recv, time.sleep
+        for _ in range(n):
+            recv(buf, peer, tag)
+            if delay:
+                sleep(delay)
+            send(buf, peer, tag)
+
+    def _initiate_pair(self, peer: int, budget: float, big: Any) -> tuple[list[float], float, int]:
+        """Lower rank of a pair: decide counts, time both ping-pongs."""
+        np = self.np
+        delay = self.hooks.slow_seconds if self.hooks.slow_rank == self.rank else 0.0
+        small = np.zeros(1, dtype=np.float64)
+        control = np.zeros(1, dtype=np.int64)
+        self._pingpong(peer, small, 5, TAG_LATENCY, delay)
+        probe = self._pingpong(peer, small, 5, TAG_LATENCY, delay)
+        n = plan_iterations(sum(probe) / len(probe), 0.4 * budget, 5, self.plan.iterations_max)
+        control[0] = n
+        self.comm.Send(control, peer, TAG_CONTROL)
+        latency = [rtt / 2 for rtt in self._pingpong(peer, small, n, TAG_LATENCY, delay)]
+
+        self._pingpong(peer, big, 1, TAG_BANDWIDTH, delay)
+        probe = self._pingpong(peer, big, 2, TAG_BANDWIDTH, delay)
+        nb = plan_iterations(sum(probe) / len(probe), 0.4 * budget, 3, 1000)
+        control[0] = nb
+        self.comm.Send(control, peer, TAG_CONTROL)
+        rtts = self._pingpong(peer, big, nb, TAG_BANDWIDTH, delay)
+        one_way = median(rtts) / 2
+        bandwidth = big.nbytes / one_way if one_way > 0 else math.inf
+        return latency, bandwidth, n
+
+    def _answer_pair(self, peer: int, big: Any) -> None:
+        np = self.np
+        delay = self.hooks.slow_seconds if self.hooks.slow_rank == self.rank else 0.0
+        small = np.zeros(1, dtype=np.float64)
+        control = np.zeros(1, dtype=np.int64)
+        self._respond(peer, small, 10, TAG_LATENCY, delay)
+        self.comm.Recv(control, peer, TAG_CONTROL)
+        self._respond(peer, small, int(control[0]), TAG_LATENCY, delay)
+        self._respond(peer, big, 3, TAG_BANDWIDTH, delay)
+        self.comm.Recv(control, peer, TAG_CONTROL)
+        self._respond(peer, big, int(control[0]), TAG_BANDWIDTH, delay)
+
+    def pairwise(self, ident: Identities, budget: float) -> tuple[list[PairResult], int]:
+        """Every pair of node leaders once, round by round; results on rank 0."""
+        leaders = list(ident.leaders)
+        me = leaders.index(self.rank) if self.rank in leaders else None
+        rounds = round_robin(len(leaders))
+        per_round = budget / max(1, len(rounds))
+        big = data_buffer(self.plan.pairwise_bytes)
+        mine: list[PairResult] = []
+        self._phase("pairwise start")
+        if self.hooks.exit_rank == self.rank:
+            raise EarlyExit(f"rank {self.rank} leaves early (HPCOBS_PROBE_TEST_EXIT_RANK)")
+        if self.hooks.stall_rank == self.rank:
+            log.warning("test hook: this rank stalls", extra={"rank": self.rank})
+            while True:
+                time.sleep(3600)
+        for number, pairs in enumerate(rounds, start=1):
+            self._phase(f"pairwise round {number}/{len(rounds)}")
+            other = None if me is None else partner_in(pairs, me)
+            if other is not None:
+                peer = leaders[other]
+                if self.rank < peer:
+                    latency, bandwidth, n = self._initiate_pair(peer, per_round, big)
+                    mine.append(
+                        PairResult(
+                            node_a=ident.rank_nodes[self.rank],
+                            node_b=ident.rank_nodes[peer],
+                            rank_a=self.rank,
+                            rank_b=peer,
+                            latency=summarize(latency),
+                            bandwidth_bytes_per_second=bandwidth,
+                            message_bytes=self.plan.pairwise_bytes,
+                            iterations=n,
+                        )
+                    )
+                else:
+                    self._answer_pair(peer, big)
+            self._quiet_barrier()
+        gathered = self.comm.gather(mine, root=0)
+        pairs_out = [p for chunk in gathered or [] for p in chunk]
+        return sorted(pairs_out, key=lambda p: (p.rank_a, p.rank_b)), len(rounds)
+
+    # -- the whole run ---------------------------------------------------------------------
+    def run(self, env: Mapping[str, str] | None = None) -> ProbeResult | None:
+        """Measure everything; rank 0 gets the result, the other ranks None."""
+        np = self.np
+        env = os.environ if env is None else env
+        started = time.time()
+        t0 = time.monotonic()
+        self._phase("identify nodes")
+        names = self.comm.allgather(node_name(env))
+        ident = identities(names, self.plan.identity_mode)
+
+        use_pairs = self.plan.pairwise and len(ident.leaders) >= 2
+        pair_budget = self.plan.budget_seconds * self.plan.pairwise_share if use_pairs else 0.0
+        spent = self._agree_max(time.monotonic() - t0)
+        coll_budget = max(0.0, self.plan.budget_seconds - pair_budget - spent)
+        cells = self.collectives(coll_budget)
+
+        pairs: list[PairResult] = []
+        rounds = 0
+        if use_pairs:
+            pairs, rounds = self.pairwise(ident, pair_budget)
+        self._phase("results")
+        finished = time.time()
+        if self.rank != 0:
+            return None
+        by_op: dict[str, list[FloatArray]] = {}
+        results: list[CollectiveResult] = []
+        for cell in cells:
+            assert cell.samples is not None and cell.overheads is not None
+            by_op.setdefault(cell.op, []).append(cell.overheads)
+            raw, corrected, who = slowest(cell.samples, cell.overheads)
+            results.append(
+                CollectiveResult(
+                    cell.op,
+                    cell.size,
+                    cell.iterations,
+                    summarize(raw.tolist()),
+                    summarize(corrected.tolist()),
+                    slowest_rank=who,
+                )
+            )
+        # per rank, the median of its per-cell calibrations
+        per_rank = {
+            op: [median(col) for col in np.vstack(rows).T.tolist()] for op, rows in by_op.items()
+        }
+        latencies = [PairLatency(p.node_a, p.node_b, p.latency.p50) for p in pairs]
+        worst = {(w.node_a, w.node_b) for w in worst_pairs(latencies, self.plan.pairwise_top_k)}
+        worst_results = sorted(
+            (p for p in pairs if (p.node_a, p.node_b) in worst),
+            key=lambda p: (-p.latency.p50, p.node_a, p.node_b),
+        )
+        result = ProbeResult(
+            ranks=self.size,
+            identity_mode=ident.mode,
+            rank_nodes=list(ident.rank_nodes),
+            nodes=list(ident.nodes),
+            started_unix=started,
+            finished_unix=finished,
+            budget_seconds=self.plan.budget_seconds,
+            overhead_seconds={op: median(v) for op, v in per_rank.items() if v},
+            overhead_per_rank=per_rank,
+            collectives=results,
+            pairs=pairs,
+            node_slowness=slowness_ratios(node_scores(latencies)),
+            worst_pairs=worst_results,
+            pairwise_rounds=rounds,
+            skipped_cells=list(self.skipped),
+        )
+        return result
+
+
+def describe_cells(cells: Sequence[tuple[str, int]]) -> str:
+    return ", ".join(f"{op}/{size}" for op, size in cells)
