@@ -208,9 +208,13 @@ def parse_args(
     known, _ = pre.parse_known_args(argv)
     if known.config_file:
         try:
-            parser.set_defaults(**config_file_defaults(parser, Path(known.config_file)))
+            defaults = config_file_defaults(parser, Path(known.config_file))
         except ConfigFileError as exc:
             parser.exit(2, f"{parser.prog}: error: {exc}\n")
+        parser.set_defaults(**defaults)
+        for action in parser._actions:  # a required flag may come from the file instead
+            if action.dest in defaults:
+                action.required = False
     return parser.parse_args(argv)
 
 

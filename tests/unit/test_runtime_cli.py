@@ -154,3 +154,13 @@ def test_listen_address_fuzz(address: str) -> None:
     except ValueError:
         return
     assert 0 <= port <= 65535
+
+
+def test_required_flag_may_come_from_config_file(tmp_path: Path) -> None:
+    p = parser()
+    p.add_argument("--prometheus.url", dest="prometheus_url", required=True)
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("prometheus.url: http://127.0.0.1:9090\n")
+    assert parse_args(p, ["--config.file", str(cfg)]).prometheus_url == "http://127.0.0.1:9090"
+    with pytest.raises(SystemExit):
+        parse_args(p, [])
