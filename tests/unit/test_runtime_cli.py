@@ -157,10 +157,14 @@ def test_listen_address_fuzz(address: str) -> None:
 
 
 def test_required_flag_may_come_from_config_file(tmp_path: Path) -> None:
-    p = parser()
-    p.add_argument("--prometheus.url", dest="prometheus_url", required=True)
+    def with_required() -> argparse.ArgumentParser:
+        p = parser()
+        p.add_argument("--prometheus.url", dest="prometheus_url", required=True)
+        return p
+
     cfg = tmp_path / "c.yml"
     cfg.write_text("prometheus.url: http://127.0.0.1:9090\n")
-    assert parse_args(p, ["--config.file", str(cfg)]).prometheus_url == "http://127.0.0.1:9090"
+    args = parse_args(with_required(), ["--config.file", str(cfg)])
+    assert args.prometheus_url == "http://127.0.0.1:9090"
     with pytest.raises(SystemExit):
-        parse_args(p, [])
+        parse_args(with_required(), [])
