@@ -1,0 +1,240 @@
+"""`make bench BENCH=slurm`: hpcobs-slurm-exporter against a real slurmctld holding 100,000 jobs.
+
+1. A private Slurm 22.05 (the test harness's cluster, MaxJobCount/MaxArraySize raised) gets
+   100 held job arrays of 1,000 tasks, then each array's tasks are moved to another partition
+   (all but one), which splits them into 100,000 separate job records: the worst case for the
+   exporter, as many `squeue` lines as jobs.
+2. The real exporter program runs against it (portable backend, the default on Debian's
+   Slurm) for several cycles; from its own metrics and /proc: cycle time (p50, max), slurmctld
+   calls per cycle, its RSS (peak); from `sdiag`: the RPCs slurmctld served per cycle.
+3. The same cycle while the 100,000 tasks are still 100 compact held arrays.
+4. Separately, parsing a 100,000-job `squeue` output captured from that slurmctld (the
+   exporter's own format): time (p50, p99) and memory.
+
+Targets: ≤ 1.5 s per cycle, RSS ≤ 250 MB, ≤ 3 slurmctld calls per cycle.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+ARRAYS = 100
+TASKS = 1000
+CYCLES = 6
+TARGET_CYCLE_S = 1.5
+TARGET_RSS_MB = 250
+TARGET_CALLS = 3
+RPCS = (
+    "REQUEST_JOB_INFO",
+    "REQUEST_NODE_INFO",
+    "REQUEST_PARTITION_INFO",
+    "REQUEST_STATS_INFO",
+    "REQUEST_LICENSE_INFO",
+)
+
+
+def rpc_counts(cluster: object) -> dict[str, int]:
+    out = cluster.run("sdiag").stdout  # type: ignore[attr-defined]
+    counts = dict.fromkeys(RPCS, 0)
+    for name, n in re.findall(r"^\s*(REQUEST_\w+)\s+\(\s*\d+\)\s+count:(\d+)", out, re.M):
+        if name in counts:
+            counts[name] = int(n)
+    return counts
+
+
+def metric(text: str, name: str) -> float | None:
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def run_exporter(cluster: object, workdir: Path, cycles: int) -> dict[str, float]:
+    """Start the real program, watch `cycles` cycles, return figures."""
+    from harness.servers import free_port
+
+    port = free_port()
+    argv = [
+        str(Path(sys.executable).parent / "hpcobs-slurm-exporter"),
+        f"--web.listen-address=127.0.0.1:{port}",
+        f"--slurm.conf={cluster.conf_path}",  # type: ignore[attr-defined]
+        "--slurm.backend=portable",
+        "--slurm.poll-interval=2s",
+        "--slurm.stale-after=60s",
+        "--slurm.timeout=30s",
+        f"--slurm.state-file={workdir / 'state.json'}",
+    ]
+    log = (workdir / f"exporter-{port}.log").open("wb")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    durations: list[float] = []
+    calls: list[float] = []
+    seen = 0.0
+    rpc_before = rpc_counts(cluster)
+    deadline = time.monotonic() + 60 + cycles * 10
+    try:
+        while len(durations) < cycles and time.monotonic() < deadline:
+            time.sleep(0.2)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                    text = r.read().decode()
+            except OSError:
+                continue
+            done = metric(text, 'hpcobs_slurm_cycles_total{result="success"}') or 0.0
+            if done > seen:
+                seen = done
+                durations.append(metric(text, "hpcobs_slurm_cycle_duration_seconds") or 0.0)
+                calls.append(metric(text, "hpcobs_slurm_cycle_calls") or 0.0)
+        rpc_after = rpc_counts(cluster)
+        rss_peak = status_kb(proc.pid, "VmHWM") / 1024
+        rss_now = status_kb(proc.pid, "VmRSS") / 1024
+        total = metric(text, 'hpcobs_slurm_cycles_total{result="success"}') or 1.0
+        failures = metric(text, 'hpcobs_slurm_cycles_total{result="failure"}') or 0.0
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    if len(durations) < cycles:
+        raise RuntimeError(f"only {len(durations)} cycles in time; see {log.name}")
+    # sdiag itself adds one REQUEST_STATS_INFO per rpc_counts() call (the second one's is
+    # counted after the snapshot) and one per exporter sdiag call.
+    rpcs = sum(rpc_after[k] - rpc_before[k] for k in RPCS) - 1
+    return {
+        "cycles": total + failures,
+        "failures": failures,
+        "p50": statistics.median(durations),
+        "max": max(durations),
+        "calls_max": max(calls),
+        "rpcs_per_cycle": rpcs / (total + failures),
+        "rss_peak_mb": rss_peak,
+        "rss_mb": rss_now,
+    }
+
+
+def report(label: str, r: dict[str, float]) -> None:
+    ok = (
+        r["max"] <= TARGET_CYCLE_S
+        and r["rss_peak_mb"] <= TARGET_RSS_MB
+        and r["calls_max"] <= TARGET_CALLS
+        and not r["failures"]
+    )
+    print(
+        f"{label}: cycle p50 {r['p50']:.3f} s, max {r['max']:.3f} s (target ≤ {TARGET_CYCLE_S} s); "
+        f"RSS peak {r['rss_peak_mb']:.0f} MB, now {r['rss_mb']:.0f} MB (target ≤ {TARGET_RSS_MB}); "
+        f"slurmctld calls/cycle ≤ {r['calls_max']:.0f} (target ≤ {TARGET_CALLS}), "
+        f"RPCs/cycle {r['rpcs_per_cycle']:.1f}; cycles {r['cycles']:.0f}, "
+        f"failed {r['failures']:.0f} — {'OK' if ok else 'MISSED'}",
+        flush=True,
+    )
+
+
+def bench_parse(text: str) -> None:
+    from hpcobs.exporters.parse.slurm import parse_squeue
+
+    lines = text.count("\n")
+    times = []
+    for _ in range(7):
+        started = time.perf_counter()
+        parsed = parse_squeue(text)
+        times.append(time.perf_counter() - started)
+    tracemalloc.start()
+    parsed = parse_squeue(text)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    times.sort()
+    print(
+        f"parse {lines} squeue lines ({len(text) / 1e6:.1f} MB): p50 {statistics.median(times):.3f} s, "
+        f"p99 {times[-1]:.3f} s (of {len(times)}), {len(parsed.jobs)} jobs, "
+        f"{parsed.bad_lines} bad lines, peak allocations {peak / 1e6:.0f} MB",
+        flush=True,
+    )
+
+
+def main() -> None:
+    from hpcobs.exporters.parse.slurm import SQUEUE_FORMAT
+
+    from harness.slurm import SlurmCluster
+
+    with tempfile.TemporaryDirectory(prefix="hpcobs-bench-slurm-") as tmp:
+        base = Path(tmp)
+        cluster = SlurmCluster(
+            base / "slurm",
+            max_job_count=250_000,
+            max_array_size=100_001,
+            extra_conf=["PartitionName=bench Nodes=node1 MaxTime=INFINITE State=UP"],
+        )
+        started = time.monotonic()
+        cluster.start()
+        try:
+            t0 = time.monotonic()
+            arrays = [
+                cluster.sbatch("true", f"--array=0-{TASKS - 1}", "--hold") for _ in range(ARRAYS)
+            ]
+            print(
+                f"slurm: started in {t0 - started:.1f} s; {ARRAYS} held arrays of {TASKS} "
+                f"tasks submitted in {time.monotonic() - t0:.1f} s",
+                flush=True,
+            )
+            work = base / "exporter"
+            work.mkdir()
+            report(
+                f"{ARRAYS * TASKS} tasks as {ARRAYS} held arrays", run_exporter(cluster, work, 3)
+            )
+
+            t0 = time.monotonic()
+            for job in arrays:  # all tasks but the last (the array's own record) split off
+                cluster.run("scontrol", "update", f"jobid={job}_[0-{TASKS - 2}]", "Partition=bench")
+            env = {**cluster.env, "SLURM_TIME_FORMAT": "%s", "TZ": "UTC"}
+            out = subprocess.run(
+                ["squeue", "--all", "--noheader", "--states=all", "--Format", SQUEUE_FORMAT],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
+            ).stdout
+            records = out.count("\n")
+            pid = cluster.slurmctld_pid
+            ctld_mb = status_kb(pid, "VmRSS") / 1024 if pid else 0
+            print(
+                f"slurm: split into {records} job records in {time.monotonic() - t0:.1f} s "
+                f"(slurmctld RSS {ctld_mb:.0f} MB)",
+                flush=True,
+            )
+            if records < ARRAYS * TASKS:
+                raise RuntimeError(f"expected {ARRAYS * TASKS} job records, squeue shows {records}")
+            t0 = time.monotonic()
+            subprocess.run(
+                ["squeue", "--all", "--noheader", "--states=all", "--Format", SQUEUE_FORMAT],
+                capture_output=True,
+                env=env,
+                check=True,
+            )
+            print(f"squeue alone: {time.monotonic() - t0:.3f} s for {records} jobs", flush=True)
+            report(f"{records} job records", run_exporter(cluster, work, CYCLES))
+            bench_parse(out)
+        finally:
+            cluster.stop()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,659 @@
+"""Metric families from the poller's last published result (no slurmctld call at scrape time).
+
+Gauges describe slurmctld's current state and are dropped once the last successful cycle is
+older than `--slurm.stale-after`; counters (finished jobs, resource-seconds, queue waits,
+wait thresholds) come from the ledger and are always served.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client.metrics_core import Metric
+
+from hpcobs.exporters.runtime.collector import Collector
+from hpcobs.exporters.runtime.metricdef import MetricDef
+from hpcobs.exporters.slurm.backend import Call, select_backend
+from hpcobs.exporters.slurm.jobcomp import JobcompTail, Position
+from hpcobs.exporters.slurm.ledger import RESOURCES, Ledger
+from hpcobs.exporters.slurm.options import SlurmOptions
+from hpcobs.exporters.slurm.poller import Poller, Published
+from hpcobs.exporters.slurm.state import load_state
+
+log = logging.getLogger("hpcobs.slurm")
+
+# -- health of the exporter's view of slurmctld -------------------------------------------------
+UP = MetricDef(
+    "hpcobs_slurm_up",
+    "gauge",
+    "1 when slurmctld answered every call of the last collection cycle (and that was within "
+    "--slurm.stale-after), else 0.",
+)
+LAST_SUCCESS = MetricDef(
+    "hpcobs_slurm_last_success_timestamp_seconds",
+    "gauge",
+    "Unix time of the last collection cycle in which slurmctld answered every call.",
+)
+BACKEND_INFO = MetricDef(
+    "hpcobs_slurm_backend_info", "gauge", "1, labelled by the data source in use.", ("backend",)
+)
+CYCLE_SECONDS = MetricDef(
+    "hpcobs_slurm_cycle_duration_seconds", "gauge", "Duration of the last collection cycle."
+)
+CYCLE_CALLS = MetricDef(
+    "hpcobs_slurm_cycle_calls", "gauge", "slurmctld calls made by the last collection cycle (≤ 3)."
+)
+CYCLES = MetricDef(
+    "hpcobs_slurm_cycles_total",
+    "counter",
+    "Collection cycles by result (success, failure).",
+    ("result",),
+)
+CALLS = MetricDef(
+    "hpcobs_slurm_calls_total",
+    "counter",
+    "slurmctld calls made, by call (jobs, nodes, scheduler, licenses).",
+    ("call",),
+)
+CALL_ERRORS = MetricDef(
+    "hpcobs_slurm_call_errors_total",
+    "counter",
+    "slurmctld calls that failed or timed out, by call.",
+    ("call",),
+)
+CALL_SECONDS = MetricDef(
+    "hpcobs_slurm_call_duration_seconds",
+    "gauge",
+    "Duration of the last slurmctld call of each kind.",
+    ("call",),
+)
+PARSE_ERRORS = MetricDef(
+    "hpcobs_slurm_parse_errors_total",
+    "counter",
+    "Records of a slurmctld answer that could not be read (and were skipped), by call.",
+    ("call",),
+)
+TRACKED = MetricDef(
+    "hpcobs_slurm_ledger_tracked_jobs",
+    "gauge",
+    "Jobs whose counted events the ledger remembers (finished jobs slurmctld still shows).",
+)
+STATE_SAVES = MetricDef(
+    "hpcobs_slurm_state_saves_total", "counter", "Successful atomic writes of the state file."
+)
+STATE_SAVE_ERRORS = MetricDef(
+    "hpcobs_slurm_state_save_errors_total",
+    "counter",
+    "Failed writes of the state file (counters are published only once saved).",
+)
+JOBCOMP_UP = MetricDef(
+    "hpcobs_slurm_jobcomp_up", "gauge", "1 when the jobcomp log could be read in the last cycle."
+)
+JOBCOMP_OFFSET = MetricDef(
+    "hpcobs_slurm_jobcomp_offset_bytes",
+    "gauge",
+    "How far into the jobcomp log the exporter has read.",
+)
+JOBCOMP_BAD = MetricDef(
+    "hpcobs_slurm_jobcomp_bad_lines_total",
+    "counter",
+    "jobcomp log lines that were not a job record (skipped).",
+)
+
+# -- queue -------------------------------------------------------------------------------------
+JOBS = MetricDef(
+    "hpcobs_slurm_jobs",
+    "gauge",
+    "Jobs slurmctld holds by partition and state; a pending array counts its pending tasks.",
+    ("partition", "state"),
+)
+PENDING = MetricDef(
+    "hpcobs_slurm_jobs_pending",
+    "gauge",
+    "Pending jobs (array tasks) by partition and reason (Slurm's reason name; other for free "
+    "text).",
+    ("partition", "reason"),
+)
+RUNNING_CPUS = MetricDef(
+    "hpcobs_slurm_jobs_allocated_cpus",
+    "gauge",
+    "CPUs allocated to running jobs, by partition.",
+    ("partition",),
+)
+RUNNING_GPUS = MetricDef(
+    "hpcobs_slurm_jobs_allocated_gpus",
+    "gauge",
+    "GPUs allocated to running jobs, by partition.",
+    ("partition",),
+)
+RUNNING_MEMORY = MetricDef(
+    "hpcobs_slurm_jobs_allocated_memory_bytes",
+    "gauge",
+    "Memory allocated to running jobs, by partition.",
+    ("partition",),
+)
+
+# -- nodes and partitions -------------------------------------------------------------------------
+NODES = MetricDef(
+    "hpcobs_slurm_nodes",
+    "gauge",
+    "Nodes by partition and state (idle, allocated, mixed, down, drain, draining, fail, …).",
+    ("partition", "state"),
+)
+NODE_REASON = MetricDef(
+    "hpcobs_slurm_node_reason_info",
+    "gauge",
+    "1 for each node down, drained, draining, failing, in maintenance or rebooting, with its "
+    "reason (at most --slurm.node-reasons.max series; reasons cut at 100 characters).",
+    ("node", "state", "reason"),
+)
+NODE_REASON_DROPPED = MetricDef(
+    "hpcobs_slurm_node_reasons_dropped",
+    "gauge",
+    "Nodes with a reason not exported because of --slurm.node-reasons.max.",
+)
+PART_CPUS = MetricDef(
+    "hpcobs_slurm_partition_cpus", "gauge", "CPUs of the partition's nodes.", ("partition",)
+)
+PART_CPUS_ALLOC = MetricDef(
+    "hpcobs_slurm_partition_cpus_allocated",
+    "gauge",
+    "Allocated CPUs of the partition's nodes.",
+    ("partition",),
+)
+PART_GPUS = MetricDef(
+    "hpcobs_slurm_partition_gpus", "gauge", "GPUs of the partition's nodes.", ("partition",)
+)
+PART_GPUS_ALLOC = MetricDef(
+    "hpcobs_slurm_partition_gpus_allocated",
+    "gauge",
+    "Allocated GPUs of the partition's nodes.",
+    ("partition",),
+)
+
+# -- licenses ------------------------------------------------------------------------------------
+LICENSE_COUNT = MetricDef(
+    "hpcobs_slurm_license_count", "gauge", "Licenses configured, by license.", ("license",)
+)
+LICENSE_USED = MetricDef(
+    "hpcobs_slurm_license_used", "gauge", "Licenses in use, by license.", ("license",)
+)
+LICENSE_FREE = MetricDef(
+    "hpcobs_slurm_license_free", "gauge", "Licenses free, by license.", ("license",)
+)
+LICENSE_PENDING = MetricDef(
+    "hpcobs_slurm_license_pending_jobs",
+    "gauge",
+    "Pending jobs waiting for licenses (reason Licenses), by license they request.",
+    ("license",),
+)
+
+# -- scheduler statistics (sdiag) ----------------------------------------------------------------
+SCHED_THREADS = MetricDef(
+    "hpcobs_slurm_scheduler_threads", "gauge", "slurmctld server threads (sdiag)."
+)
+SCHED_AGENT_QUEUE = MetricDef(
+    "hpcobs_slurm_scheduler_agent_queue_size",
+    "gauge",
+    "Outgoing RPCs queued by slurmctld's agents (sdiag).",
+)
+SCHED_DBD_QUEUE = MetricDef(
+    "hpcobs_slurm_scheduler_dbd_agent_queue_size",
+    "gauge",
+    "Messages queued for slurmdbd (sdiag; grows while slurmdbd is down).",
+)
+SCHED_CYCLE = MetricDef(
+    "hpcobs_slurm_scheduler_cycle_seconds",
+    "gauge",
+    "Scheduler cycle times (sdiag) by scheduler (main, backfill) and stat (last, max, mean).",
+    ("scheduler", "stat"),
+)
+SCHED_CYCLES = MetricDef(
+    "hpcobs_slurm_scheduler_cycles_total",
+    "counter",
+    "Scheduler cycles since slurmctld's statistics were reset (sdiag), by scheduler.",
+    ("scheduler",),
+)
+SCHED_QUEUE = MetricDef(
+    "hpcobs_slurm_scheduler_queue_length",
+    "gauge",
+    "Jobs the last cycle of each scheduler looked at (sdiag 'Last queue length').",
+    ("scheduler",),
+)
+SCHED_DEPTH = MetricDef(
+    "hpcobs_slurm_scheduler_depth",
+    "gauge",
+    "Jobs processed per cycle (main: mean depth, backfill: last depth; sdiag).",
+    ("scheduler",),
+)
+SCHED_BACKFILLED = MetricDef(
+    "hpcobs_slurm_scheduler_backfilled_jobs_total",
+    "counter",
+    "Jobs started by the backfill scheduler since slurmctld started (sdiag).",
+)
+SCHED_JOBS = MetricDef(
+    "hpcobs_slurm_scheduler_jobs_total",
+    "counter",
+    "Job events since slurmctld's statistics were reset (sdiag; resets daily), by event "
+    "(submitted, started, completed, canceled, failed).",
+    ("event",),
+)
+RPC_CALLS = MetricDef(
+    "hpcobs_slurm_rpc_calls_total",
+    "counter",
+    "RPCs slurmctld served, by message type (sdiag).",
+    ("type",),
+)
+RPC_SECONDS = MetricDef(
+    "hpcobs_slurm_rpc_duration_seconds_total",
+    "counter",
+    "Time slurmctld spent serving RPCs, by message type (sdiag).",
+    ("type",),
+)
+
+# -- the ledger: each job counted once ---------------------------------------------------------------
+FINISHED = MetricDef(
+    "hpcobs_slurm_jobs_finished_total",
+    "counter",
+    "Finished jobs (array tasks), each counted once, by partition, final state and cause "
+    "(none, user, system; see --slurm.cause-map).",
+    ("partition", "state", "cause"),
+)
+RESOURCE_SECONDS = MetricDef(
+    "hpcobs_slurm_job_resource_seconds_total",
+    "counter",
+    "Allocated resource-time of finished jobs (allocated count × run time), by partition, "
+    "final state and resource (cpu, gpu).",
+    ("partition", "state", "resource"),
+)
+QUEUE_WAIT = MetricDef(
+    "hpcobs_slurm_job_queue_wait_seconds",
+    "histogram",
+    "Queue wait of jobs (start − eligible time), observed once per job when it starts.",
+    ("partition",),
+)
+WAIT_EXCEEDED = MetricDef(
+    "hpcobs_slurm_jobs_wait_exceeded_total",
+    "counter",
+    "Jobs (array tasks) whose eligible wait crossed each threshold (seconds) while pending, "
+    "counted once per job and threshold (--slurm.wait-thresholds).",
+    ("partition", "threshold"),
+)
+
+METRICS = (
+    UP,
+    LAST_SUCCESS,
+    BACKEND_INFO,
+    CYCLE_SECONDS,
+    CYCLE_CALLS,
+    CYCLES,
+    CALLS,
+    CALL_ERRORS,
+    CALL_SECONDS,
+    PARSE_ERRORS,
+    TRACKED,
+    STATE_SAVES,
+    STATE_SAVE_ERRORS,
+    JOBCOMP_UP,
+    JOBCOMP_OFFSET,
+    JOBCOMP_BAD,
+    JOBS,
+    PENDING,
+    RUNNING_CPUS,
+    RUNNING_GPUS,
+    RUNNING_MEMORY,
+    NODES,
+    NODE_REASON,
+    NODE_REASON_DROPPED,
+    PART_CPUS,
+    PART_CPUS_ALLOC,
+    PART_GPUS,
+    PART_GPUS_ALLOC,
+    LICENSE_COUNT,
+    LICENSE_USED,
+    LICENSE_FREE,
+    LICENSE_PENDING,
+    SCHED_THREADS,
+    SCHED_AGENT_QUEUE,
+    SCHED_DBD_QUEUE,
+    SCHED_CYCLE,
+    SCHED_CYCLES,
+    SCHED_QUEUE,
+    SCHED_DEPTH,
+    SCHED_BACKFILLED,
+    SCHED_JOBS,
+    RPC_CALLS,
+    RPC_SECONDS,
+    FINISHED,
+    RESOURCE_SECONDS,
+    QUEUE_WAIT,
+    WAIT_EXCEEDED,
+)
+
+_ALWAYS_JOB_STATES = ("pending", "running")
+
+
+def families(p: Published, now: float, stale_after: float) -> Iterator[Metric]:
+    """Every family for the published result `p` at time `now`."""
+    fresh = p.last_success > 0 and now - p.last_success <= stale_after
+    up = UP.gauge()
+    up.add_metric([], 1.0 if fresh and p.last_cycle_ok else 0.0)
+    yield up
+    last = LAST_SUCCESS.gauge()
+    if p.last_success > 0:
+        last.add_metric([], p.last_success)
+    yield last
+    yield from _self_metrics(p)
+    partitions: frozenset[str] = frozenset()
+    if p.jobs is not None:
+        partitions |= p.jobs.partitions
+    if p.nodes is not None:
+        partitions |= p.nodes.partitions
+    yield from _ledger_metrics(p, partitions)
+    if not fresh:
+        return
+    if p.jobs is not None:
+        yield from _job_metrics(p, partitions)
+    if p.nodes is not None:
+        yield from _node_metrics(p)
+    if p.licenses is not None:
+        yield from _license_metrics(p)
+    if p.scheduler is not None:
+        yield from _scheduler_metrics(p)
+
+
+def _self_metrics(p: Published) -> Iterator[Metric]:
+    info = BACKEND_INFO.gauge()
+    info.add_metric([p.backend], 1.0)
+    yield info
+    if p.cycles_done:
+        g = CYCLE_SECONDS.gauge()
+        g.add_metric([], p.last_cycle_seconds)
+        yield g
+        g = CYCLE_CALLS.gauge()
+        g.add_metric([], p.last_cycle_calls)
+        yield g
+    cycles = CYCLES.counter()
+    for result in ("success", "failure"):
+        cycles.add_metric([result], p.cycles.get(result, 0))
+    yield cycles
+    for metric, values in ((CALLS, p.calls), (CALL_ERRORS, p.call_errors)):
+        c = metric.counter()
+        for call in ("jobs", "nodes", "scheduler", "licenses"):
+            if call in p.calls:
+                c.add_metric([call], values.get(call, 0))
+        yield c
+    g = CALL_SECONDS.gauge()
+    for call, seconds in sorted(p.call_seconds.items()):
+        g.add_metric([call], seconds)
+    yield g
+    c = PARSE_ERRORS.counter()
+    for call in ("jobs", "nodes"):
+        if call in p.calls:
+            c.add_metric([call], p.parse_errors.get(call, 0))
+    yield c
+    g = TRACKED.gauge()
+    g.add_metric([], p.tracked_jobs)
+    yield g
+    c = STATE_SAVES.counter()
+    c.add_metric([], p.state_saves)
+    yield c
+    c = STATE_SAVE_ERRORS.counter()
+    c.add_metric([], p.state_save_errors)
+    yield c
+    if p.jobcomp_readable is not None:
+        g = JOBCOMP_UP.gauge()
+        g.add_metric([], 1.0 if p.jobcomp_readable else 0.0)
+        yield g
+        g = JOBCOMP_OFFSET.gauge()
+        g.add_metric([], p.jobcomp_offset)
+        yield g
+        c = JOBCOMP_BAD.counter()
+        c.add_metric([], p.jobcomp_bad_lines)
+        yield c
+
+
+def _ledger_metrics(p: Published, partitions: frozenset[str]) -> Iterator[Metric]:
+    """The exactly-once counters. Every known partition gets every series at 0 before its
+    first event, as Prometheus' practice for counters asks: `increase()` cannot see a series
+    that is born with the value 2, so the first NODE_FAIL of a partition would be missed by
+    the SLO rules and alerts."""
+    view = p.ledger
+    finished = dict(view.finished)
+    resource_seconds = dict(view.resource_seconds)
+    waits = dict(view.waits)
+    exceeded = dict(view.exceeded)
+    empty = (tuple(0 for _ in range(len(view.bounds) + 1)), 0.0)
+    for partition in partitions:
+        for state, cause in view.causes.items():
+            finished.setdefault((partition, state, cause), 0.0)
+            for resource in RESOURCES:
+                resource_seconds.setdefault((partition, state, resource), 0.0)
+        waits.setdefault(partition, empty)
+        for threshold in view.thresholds:
+            exceeded.setdefault((partition, threshold), 0.0)
+    c = FINISHED.counter()
+    for labels, value in sorted(finished.items()):
+        c.add_metric(list(labels), value)
+    yield c
+    c = RESOURCE_SECONDS.counter()
+    for labels, value in sorted(resource_seconds.items()):
+        c.add_metric(list(labels), value)
+    yield c
+    h = QUEUE_WAIT.histogram()
+    bounds = [repr(float(b)) for b in view.bounds] + ["+Inf"]
+    for partition, (cumulative, total) in sorted(waits.items()):
+        h.add_metric(
+            [partition],
+            buckets=[(le, float(n)) for le, n in zip(bounds, cumulative, strict=True)],
+            sum_value=total,
+        )
+    yield h
+    c = WAIT_EXCEEDED.counter()
+    for (partition, threshold), value in sorted(exceeded.items()):
+        c.add_metric([partition, threshold], value)
+    yield c
+
+
+def _job_metrics(p: Published, partitions: frozenset[str]) -> Iterator[Metric]:
+    assert p.jobs is not None
+    jobs = p.jobs
+    g = JOBS.gauge()
+    by_state = dict(jobs.by_state)
+    for partition in partitions:
+        for state in _ALWAYS_JOB_STATES:
+            by_state.setdefault((partition, state), 0)
+    for labels, n in sorted(by_state.items()):
+        g.add_metric(list(labels), n)
+    yield g
+    g = PENDING.gauge()
+    for labels, n in sorted(jobs.pending_by_reason.items()):
+        g.add_metric(list(labels), n)
+    yield g
+    for metric, values in (
+        (RUNNING_CPUS, jobs.running_cpus),
+        (RUNNING_GPUS, jobs.running_gpus),
+        (RUNNING_MEMORY, jobs.running_memory_bytes),
+    ):
+        g = metric.gauge()
+        for partition in sorted(partitions):
+            g.add_metric([partition], values.get(partition, 0))
+        yield g
+    g = LICENSE_PENDING.gauge()
+    licenses = set(jobs.license_pending)
+    if p.licenses is not None:
+        licenses |= {lic.name for lic in p.licenses.licenses}
+    for name in sorted(licenses):
+        g.add_metric([name], jobs.license_pending.get(name, 0))
+    yield g
+
+
+def _node_metrics(p: Published) -> Iterator[Metric]:
+    assert p.nodes is not None
+    nodes = p.nodes
+    g = NODES.gauge()
+    for labels, n in sorted(nodes.by_state.items()):
+        g.add_metric(list(labels), n)
+    yield g
+    g = NODE_REASON.gauge()
+    for node, state, reason in nodes.reasons:
+        g.add_metric([node, state, reason], 1.0)
+    yield g
+    g = NODE_REASON_DROPPED.gauge()
+    g.add_metric([], nodes.reasons_dropped)
+    yield g
+    for metric, values in (
+        (PART_CPUS, nodes.cpus),
+        (PART_CPUS_ALLOC, nodes.cpus_allocated),
+        (PART_GPUS, nodes.gpus),
+        (PART_GPUS_ALLOC, nodes.gpus_allocated),
+    ):
+        g = metric.gauge()
+        for partition, value in sorted(values.items()):
+            g.add_metric([partition], value)
+        yield g
+
+
+def _license_metrics(p: Published) -> Iterator[Metric]:
+    assert p.licenses is not None
+    for metric, attr in ((LICENSE_COUNT, "total"), (LICENSE_USED, "used"), (LICENSE_FREE, "free")):
+        g = metric.gauge()
+        for lic in p.licenses.licenses:
+            g.add_metric([lic.name], getattr(lic, attr))
+        yield g
+
+
+def _scheduler_metrics(p: Published) -> Iterator[Metric]:
+    assert p.scheduler is not None
+    s = p.scheduler.stats
+    for metric, value in (
+        (SCHED_THREADS, s.server_thread_count),
+        (SCHED_AGENT_QUEUE, s.agent_queue_size),
+        (SCHED_DBD_QUEUE, s.dbd_agent_queue_size),
+    ):
+        g = metric.gauge()
+        g.add_metric([], value)
+        yield g
+    g = SCHED_CYCLE.gauge()
+    for scheduler, stat, us in (
+        ("main", "last", s.main_last_cycle_us),
+        ("main", "max", s.main_max_cycle_us),
+        ("main", "mean", s.main_mean_cycle_us),
+        ("backfill", "last", s.backfill_last_cycle_us),
+        ("backfill", "max", s.backfill_max_cycle_us),
+        ("backfill", "mean", s.backfill_mean_cycle_us),
+    ):
+        g.add_metric([scheduler, stat], us / 1e6)
+    yield g
+    c = SCHED_CYCLES.counter()
+    c.add_metric(["main"], s.main_total_cycles)
+    c.add_metric(["backfill"], s.backfill_total_cycles)
+    yield c
+    g = SCHED_QUEUE.gauge()
+    g.add_metric(["main"], s.main_last_queue_length)
+    g.add_metric(["backfill"], s.backfill_last_queue_length)
+    yield g
+    g = SCHED_DEPTH.gauge()
+    g.add_metric(["main"], s.main_mean_depth)
+    g.add_metric(["backfill"], s.backfill_last_depth)
+    yield g
+    c = SCHED_BACKFILLED.counter()
+    c.add_metric([], s.backfill_total_jobs)
+    yield c
+    c = SCHED_JOBS.counter()
+    for event, value in (
+        ("submitted", s.jobs_submitted),
+        ("started", s.jobs_started),
+        ("completed", s.jobs_completed),
+        ("canceled", s.jobs_canceled),
+        ("failed", s.jobs_failed),
+    ):
+        c.add_metric([event], value)
+    yield c
+    c = RPC_CALLS.counter()
+    for name, n in sorted(s.rpc_count.items()):
+        c.add_metric([name], n)
+    yield c
+    c = RPC_SECONDS.counter()
+    for name, us in sorted(s.rpc_time_us.items()):
+        c.add_metric([name], us / 1e6)
+    yield c
+
+
+class SlurmCollector(Collector):
+    """Serves the poller's last result; owns the poller (and through it, the backend)."""
+
+    def __init__(
+        self,
+        poller: Poller,
+        stale_after: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.poller = poller
+        self.stale_after = stale_after
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        return families(self.poller.published, self.clock(), self.stale_after)
+
+    def close(self) -> None:
+        self.poller.close()
+
+
+def build_collector(options: SlurmOptions, *, start: bool = True) -> SlurmCollector:
+    """Backend, ledger (restored from the state file), jobcomp tail, poller, collector."""
+    ledger = Ledger(causes=options.causes, buckets=options.buckets, thresholds=options.thresholds)
+    position: Position | None = None
+    if options.state_file is not None:
+        doc = load_state(options.state_file)  # StateFileError stops start-up
+        if doc is not None:
+            ledger.load_state(doc["ledger"])
+            saved = doc.get("jobcomp")
+            if (
+                options.jobcomp_file is not None
+                and isinstance(saved, dict)
+                and saved.get("path") == str(options.jobcomp_file)
+            ):
+                position = Position.from_state(saved)
+            log.info(
+                "restored the job ledger",
+                extra={"path": str(options.state_file), "tracked_jobs": ledger.tracked_jobs()},
+            )
+    else:
+        log.warning(
+            "no --slurm.state-file: after a restart, finished jobs slurmctld still shows are "
+            "counted again and jobs that finished meanwhile may be missed"
+        )
+    jobcomp = None
+    if options.jobcomp_file is not None:
+        jobcomp = JobcompTail(
+            options.jobcomp_file,
+            start="end" if options.jobcomp_start == "end" else "beginning",
+            tz=options.jobcomp_tz,
+            position=position,
+        )
+    extras: list[Call] = []
+    if options.scheduler_stats:
+        extras.append("scheduler")
+    if options.licenses:
+        extras.append("licenses")
+    backend = select_backend(
+        options.backend,
+        timeout=options.timeout,
+        slurm_conf=options.slurm_conf,
+        bin_dir=options.bin_dir,
+    )
+    poller = Poller(
+        backend,
+        ledger,
+        poll_interval=options.poll_interval,
+        extras=extras,
+        jobcomp=jobcomp,
+        state_file=options.state_file,
+        node_reasons_max=options.node_reasons_max,
+    )
+    if start:
+        poller.start()
+    return SlurmCollector(poller, options.stale_after)

@@ -1,0 +1,350 @@
+"""Parsers of Slurm command output and jobcomp lines: real Slurm 22.05 captures, and fuzzing.
+
+The captures in tests/data/slurm/ come from a private Slurm 22.05.8 cluster (squeue/sinfo
+with the exporter's own formats and SLURM_TIME_FORMAT=%s, sdiag, scontrol show licenses, the
+jobcomp/filetxt log); `squeue-r-22.05.txt` is the same queue printed by `squeue -r` (Slurm
+itself expanding every array into one line per task), the independent truth for task counts.
+"""
+
+from __future__ import annotations
+
+import string
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hpcobs.exporters.parse.slurm import (
+    FINISHED_STATES,
+    JOB_STATES,
+    NODE_STATES,
+    SINFO_FIELDS,
+    SQUEUE_FIELDS,
+    array_task_count,
+    array_task_ids,
+    compress_ids,
+    gpu_count,
+    job_state,
+    node_state,
+    parse_gres,
+    parse_jobcomp_line,
+    parse_licenses,
+    parse_licenses_requested,
+    parse_memory,
+    parse_sdiag,
+    parse_sinfo,
+    parse_squeue,
+    parse_time,
+    parse_tres,
+    pending_reason,
+)
+
+pytestmark = pytest.mark.unit
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "slurm"
+MIB = 1024 * 1024
+
+
+def read(name: str) -> str:
+    return (DATA / name).read_text()
+
+
+# -- squeue ---------------------------------------------------------------------------------
+
+
+def test_squeue_capture_records() -> None:
+    parsed = parse_squeue(read("squeue-22.05.txt"))
+    assert parsed.bad_lines == 0
+    jobs = {j.job_id: j for j in parsed.jobs}
+    assert len(jobs) == 17
+    held = jobs[5]  # sbatch -a 0-999 -H: one record standing for 1000 held tasks
+    assert (held.state, held.task_count, held.is_remainder) == ("pending", 1000, True)
+    assert pending_reason(held.reason) == "JobHeldUser" and held.eligible_time == 0
+    throttled = jobs[15]  # -a 0-5%2, none started: the throttle is not a task
+    assert throttled.task_count == 6 and throttled.array_tasks == "0-5"
+    assert pending_reason(throttled.reason) == "ReqNodeNotAvail"
+    task0 = jobs[11]  # task 0 of array 4, split off when it started
+    assert (task0.array_job_id, task0.array_tasks, task0.task_ids()) == (4, "0", [0])
+    assert task0.ran and task0.state == "cancelled"
+    rest = jobs[4]  # the rest of array 4 (tasks 2-9), cancelled while pending
+    assert (rest.state, rest.task_count, rest.ran, rest.nodes) == ("cancelled", 8, False, "")
+    failed = jobs[2]
+    assert failed.state == "failed" and failed.reason == "NonZeroExitCode"
+    assert (failed.eligible_time, failed.start_time, failed.end_time) == (
+        1795598990,
+        1795599049,
+        1795599050,
+    )
+    assert (failed.cpus, failed.memory_bytes, failed.gpus) == (1, 100 * MIB, 0)
+    running = jobs[13]
+    assert running.state == "running" and running.end_time == 0 and running.nodes == "node1"
+    assert jobs[16].licenses == (("matlab", 5),) and jobs[13].licenses == ()
+    assert jobs[10].partition == "debug"  # pending in debug,short: the first partition
+    assert jobs[9].state == "timeout" and jobs[7].state == "pending"
+
+
+def test_squeue_task_counts_match_slurms_own_expansion() -> None:
+    """Tasks per (partition, state) from the compact output equal `squeue -r`'s lines."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for job in parse_squeue(read("squeue-22.05.txt")).jobs:
+        counts[(job.partition, job.state)] += job.task_count
+    truth: Counter[tuple[str, str]] = Counter()
+    for line in read("squeue-r-22.05.txt").splitlines():
+        fields = line.split("|")
+        truth[(fields[3].split(",")[0], fields[4].lower())] += 1
+    assert counts == truth
+    assert truth[("debug", "pending")] == 1003  # jobs 7, 14, 10 and the 1000 held tasks
+
+
+def test_squeue_free_text_reason_with_separator() -> None:
+    line = "7|7|N/A|p|PENDING|2|N/A|N/A|1|cpu=1|(null)||held: a | b ||\n"
+    (job,) = parse_squeue(line).jobs
+    assert job.reason == "held: a | b |"
+
+
+def test_squeue_bad_lines_are_counted_not_raised() -> None:
+    good = read("squeue-22.05.txt").splitlines()[0]
+    parsed = parse_squeue(f"garbage\n{good}\nx|y|z\n")
+    assert len(parsed.jobs) == 1 and parsed.bad_lines == 2 and parsed.first_bad == "garbage"
+
+
+# -- sinfo ----------------------------------------------------------------------------------
+
+
+def test_sinfo_capture() -> None:
+    parsed = parse_sinfo(read("sinfo-22.05.txt"))
+    assert parsed.bad_lines == 0
+    (node,) = parsed.nodes
+    assert node.name == "node1" and node.partitions == ("ovs", "debug", "short")
+    assert node.state == "draining" and node.raw_state == "allocated+drain"
+    assert (node.cpus, node.cpus_allocated) == (2, 1)
+    assert (node.memory_bytes, node.memory_allocated_bytes) == (2000 * MIB, 100 * MIB)
+    assert node.reason == "disk replacement | ticket 42"
+
+
+def test_sinfo_gres() -> None:
+    text = (
+        "gpu1|gpu|mixed|8/24/0/32|512000|8000|gpu:a100:4(S:0-1)|gpu:a100:3(IDX:0-2)|none|\n"
+        "gpu2|gpu|idle|0/32/0/32|512000|0|gpu:2,gpu:v100:2|gpu:0,gpu:v100:0|none|\n"
+        "cpu1|batch|down*|0/0/16/16|64000|0|(null)|(null)|Not responding|\n"
+    )
+    nodes = {n.name: n for n in parse_sinfo(text).nodes}
+    assert (nodes["gpu1"].gpus, nodes["gpu1"].gpus_allocated) == (4, 3)
+    assert nodes["gpu2"].gpus == 2  # the untyped entry is the total
+    assert nodes["cpu1"].state == "down" and nodes["cpu1"].reason == "Not responding"
+
+
+# -- sdiag, licenses --------------------------------------------------------------------------
+
+
+def test_sdiag_capture() -> None:
+    s = parse_sdiag(read("sdiag-22.05.txt"))
+    assert (s.server_thread_count, s.agent_queue_size, s.dbd_agent_queue_size) == (3, 0, 0)
+    assert (s.jobs_submitted, s.jobs_started, s.jobs_completed, s.jobs_canceled) == (
+        1028,
+        9,
+        3,
+        4,
+    )
+    assert (s.main_last_cycle_us, s.main_max_cycle_us, s.main_mean_cycle_us) == (68, 949, 189)
+    assert (s.main_total_cycles, s.main_last_queue_length, s.main_mean_depth) == (13, 4, 3)
+    assert (s.backfill_total_jobs, s.backfill_total_cycles) == (4, 2)
+    assert (s.backfill_last_cycle_us, s.backfill_max_cycle_us, s.backfill_mean_cycle_us) == (
+        138,
+        2650,
+        1394,
+    )
+    assert (s.backfill_last_depth, s.backfill_last_queue_length) == (3, 3)
+    assert s.rpc_count["REQUEST_JOB_INFO"] == 5 and s.rpc_time_us["REQUEST_JOB_INFO"] == 1305
+    assert len(s.rpc_count) == 13 and "root" not in s.rpc_count
+
+
+def test_licenses_capture() -> None:
+    lics = parse_licenses(read("licenses-22.05.txt"))
+    assert [(x.name, x.total, x.used, x.free) for x in lics] == [
+        ("ansys", 2, 0, 2),
+        ("matlab", 5, 0, 5),
+    ]
+
+
+# -- jobcomp --------------------------------------------------------------------------------
+
+
+def test_jobcomp_capture_utc(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zoneinfo import ZoneInfo
+
+    utc = ZoneInfo("UTC")
+    jobs = [parse_jobcomp_line(line, utc) for line in read("jobcomp-22.05.log").splitlines()]
+    assert all(j is not None for j in jobs)
+    by_id = {j.job_id: j for j in jobs if j is not None}
+    assert sorted(by_id) == [1, 2, 3, 4, 6, 7, 8, 9, 11, 12]
+    assert by_id[7].state == "node_fail"  # its name holds "|" and spaces
+    assert by_id[9].state == "timeout" and by_id[9].start_time == 1795599019
+    assert by_id[9].end_time == 1795599049 and by_id[9].cpus == 1
+    assert (by_id[11].array_job_id, by_id[11].array_tasks) == (4, "0")
+    assert by_id[8].ran is False and by_id[8].nodes == ""  # cancelled while pending
+    assert by_id[4].eligible_time == 0  # EligibleTime=unknown
+    # The same events as squeue shows (same end times), so the two sources agree on keys.
+    squeue = {j.job_id: j for j in parse_squeue(read("squeue-22.05.txt")).jobs}
+    for job_id in (1, 2, 3, 4, 6, 8, 9, 11, 12):
+        assert by_id[job_id].end_time == squeue[job_id].end_time, job_id
+        assert by_id[job_id].ran == squeue[job_id].ran, job_id
+
+
+def test_jobcomp_rejects_other_lines() -> None:
+    assert parse_jobcomp_line("") is None
+    assert parse_jobcomp_line("JobId=12 garbage") is None
+    line = read("jobcomp-22.05.log").splitlines()[0]
+    assert parse_jobcomp_line(line[:-40]) is None
+
+
+# -- normalisers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("IDLE", "idle"),
+        ("idle+drain", "drain"),
+        ("IDLE+DRAIN", "drain"),
+        ("MIXED+DRAIN", "draining"),
+        ("allocated+drain", "draining"),
+        ("drained", "drain"),
+        ("draining", "draining"),
+        ("down*", "down"),
+        ("DOWN+DRAIN+NOT_RESPONDING", "down"),
+        ("IDLE+FAIL", "fail"),
+        ("MIXED+MAINT", "maint"),
+        ("IDLE+POWERED_DOWN", "powered_down"),
+        ("IDLE+REBOOT_REQUESTED", "reboot"),
+        ("ALLOCATED+COMPLETING", "completing"),
+        ("mixed", "mixed"),
+        ("IDLE+RESERVED", "reserved"),
+        ("weird", "unknown"),
+        ("", "unknown"),
+    ],
+)
+def test_node_state(raw: str, expected: str) -> None:
+    assert node_state(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Priority", "Priority"),
+        ("None", "none"),
+        ("ReqNodeNotAvail, UnavailableNodes:node[1-3]", "ReqNodeNotAvail"),
+        (
+            "Nodes required for job are DOWN, DRAINED or reserved for jobs in higher priority "
+            "partitions",
+            "ReqNodeNotAvail",
+        ),
+        ("(QOSMaxJobsPerUserLimit)", "other"),
+        ("Some free text from an admin", "other"),
+    ],
+)
+def test_pending_reason(raw: str, expected: str) -> None:
+    assert pending_reason(raw) == expected
+
+
+def test_small_values() -> None:
+    assert parse_tres("cpu=4,mem=16G,node=1,billing=4,gres/gpu=2,gres/gpu:a100=2").gpus == 2
+    assert parse_tres("cpu=4,gres/gpu:a100=2,gres/gpu:v100=1").gpus == 3
+    assert parse_tres("cpu=4,mem=1.50G").memory_bytes == int(1.5 * 1024 * MIB)
+    assert parse_memory("2048") == 2048 * MIB and parse_memory("x") == 0
+    assert parse_gres("gpu:a100:4(S:0-1),gpu:v100:2(S:0)") == {"gpu:a100": 4, "gpu:v100": 2}
+    assert gpu_count({"gpu": 2, "gpu:a100": 2}) == 2
+    assert parse_licenses_requested(["matlab:2", "ansys", "(null)"]) == (
+        ("matlab", 2),
+        ("ansys", 1),
+    )
+    assert array_task_ids("0-4:2,7,9-10") == [0, 2, 4, 7, 9, 10]
+    assert array_task_ids("0x15") == [0, 2, 4]
+    assert array_task_ids("1,3,5...") == [1, 3, 5]
+    assert array_task_count("0-999%10") == 1000 and array_task_count("junk") == 1
+    assert parse_time("N/A") == 0 and parse_time("1795598990") == 1795598990
+    assert job_state("CANCELLED by 0") == "cancelled" and job_state("BOGUS") == "unknown"
+    assert FINISHED_STATES <= JOB_STATES
+
+
+# -- fuzzing: arbitrary input never raises (beyond ValueError where documented) ---------------
+
+TEXT = st.text(alphabet=string.printable + "é|", max_size=400)
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _lines(fields: int) -> st.SearchStrategy[str]:
+    cell = st.text(alphabet=string.ascii_letters + string.digits + "-_,[]%:=/()*+. ", max_size=12)
+    row = st.lists(cell, min_size=fields - 2, max_size=fields + 2).map(lambda c: "|".join(c) + "|")
+    return st.lists(row, max_size=8).map("\n".join)
+
+
+@FUZZ
+@given(st.one_of(TEXT, _lines(len(SQUEUE_FIELDS))))
+def test_fuzz_squeue(text: str) -> None:
+    parsed = parse_squeue(text)
+    for job in parsed.jobs:
+        assert job.task_count >= 1 and job.state in JOB_STATES | {"unknown"}
+
+
+@FUZZ
+@given(st.one_of(TEXT, _lines(len(SINFO_FIELDS))))
+def test_fuzz_sinfo(text: str) -> None:
+    for node in parse_sinfo(text).nodes:
+        assert node.state in NODE_STATES
+
+
+@FUZZ
+@given(TEXT)
+def test_fuzz_sdiag_licenses_jobcomp(text: str) -> None:
+    parse_sdiag(text)
+    parse_licenses(text)
+    for line in [*text.splitlines(), "JobId=1 " + text]:
+        parse_jobcomp_line(line)
+
+
+@FUZZ
+@given(TEXT)
+def test_fuzz_normalisers_are_bounded(text: str) -> None:
+    assert node_state(text) in NODE_STATES
+    assert job_state(text) in JOB_STATES | {"unknown"}
+    reason = pending_reason(text)
+    assert reason in ("none", "other") or (reason.isidentifier() and len(reason) <= 48)
+    parse_time(text)
+    parse_tres(text)
+    parse_gres(text)
+    parse_memory(text)
+    assert array_task_count(text) >= 1
+
+
+@FUZZ
+@given(st.text(alphabet="0123456789-,:%x[]abcdef.", max_size=30))
+def test_fuzz_array_task_ids_only_value_error(spec: str) -> None:
+    try:
+        ids = array_task_ids(spec)
+    except ValueError:
+        return
+    assert all(i >= 0 for i in ids)
+
+
+@FUZZ
+@given(st.sets(st.integers(min_value=0, max_value=5000), max_size=200))
+def test_compress_ids_round_trip(ids: set[int]) -> None:
+    text = compress_ids(ids)
+    assert (set(array_task_ids(text)) if text else set()) == ids
+
+
+def test_jobcomp_hostile_names_parse_in_linear_time() -> None:
+    import time as _time
+
+    line = read("jobcomp-22.05.log").splitlines()[0]
+    evil = " JobState=COMPLETED Partition=x ReservationName= (0) GroupId=" * 400
+    hostile = line.replace("Name=wrap", "Name=" + evil, 1).replace(
+        "WorkDir=/tmp/hs", "WorkDir=/tmp/" + evil, 1
+    )
+    started = _time.perf_counter()
+    job = parse_jobcomp_line(hostile)
+    assert _time.perf_counter() - started < 0.5
+    assert job is not None and job.job_id == 8 and job.state == "cancelled"
