@@ -1,31 +1,456 @@
-"""`hpcobs-slo`: validate SLO specs, generate Prometheus rules, serve SLIs, report."""
+"""`hpcobs-slo`: validate SLO specs, generate Prometheus rules, serve SLIs, report.
+
+    hpcobs-slo validate SPEC…                      problems with file:line and a hint; exit 1
+    hpcobs-slo rules SPEC… -o FILE                 a Prometheus rule file ('-' for stdout)
+    hpcobs-slo serve --prometheus.url URL SPEC…    the daemon (:9948)
+    hpcobs-slo report --prometheus.url URL SPEC…   table, --format json, --format html -o FILE
+
+SPEC is a file or a folder of *.yaml / *.yml files (hpcobs specs or OpenSLO v1 documents).
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
-from hpcobs.exporters.runtime.cli import VersionAction
+from hpcobs.exporters.runtime.app import serve as serve_exporter
+from hpcobs.exporters.runtime.cli import VersionAction, exporter_parser, parse_args, parse_duration
+from hpcobs.exporters.runtime.collector import CollectorSpec
+from hpcobs.exporters.runtime.log import setup_logging
+from hpcobs.slo.loader import Loaded, load_specs
+from hpcobs.slo.promapi import ClientConfig, PrometheusClient, QueryError
+from hpcobs.slo.rules import DEFAULT_RUNBOOK_BASE, RuleOptions, render
 
 PROGRAM = "hpcobs-slo"
+DEFAULT_LISTEN = ":9948"
+COMMANDS = {
+    "validate": "check SLO spec files; print every problem with file, line and a fix hint",
+    "rules": "write a Prometheus rule file (recording rules and burn-rate alerts)",
+    "serve": "run the daemon: evaluate SLIs, budgets and burn rates, serve /metrics (:9948)",
+    "report": "print an SLO report: table, JSON or a self-contained HTML page",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=PROGRAM, description="SLO specs → Prometheus rules, SLI daemon, reports."
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in COMMANDS:
+        top = argparse.ArgumentParser(
+            prog=PROGRAM,
+            description="SLO specs → Prometheus rules, an SLI daemon, reports.",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog="commands:\n" + "\n".join(f"  {c:9} {h}" for c, h in COMMANDS.items()),
+        )
+        top.add_argument("--version", action=VersionAction)
+        top.add_argument("command", choices=list(COMMANDS), help="see below")
+        if not args:
+            top.print_help(sys.stderr)
+            return 2
+        top.parse_args(args)  # --help, --version, or an error naming the commands
+        return 2
+    command, rest = args[0], args[1:]
+    if command == "validate":
+        return validate_main(rest)
+    if command == "rules":
+        return rules_main(rest)
+    if command == "serve":
+        return serve_main(rest)
+    return report_main(rest)
+
+
+# -- shared flags --------------------------------------------------------------------------
+def add_prometheus_flags(parser: argparse.ArgumentParser, required: bool) -> None:
+    g = parser.add_argument_group(
+        "Prometheus API (Prometheus, Thanos Query, Mimir, VictoriaMetrics)"
     )
-    parser.add_argument("--version", action=VersionAction)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("validate", help="check SLO spec files").add_argument("spec", nargs="+")
-    rules = sub.add_parser("rules", help="write a Prometheus rule file")
-    rules.add_argument("spec", nargs="+")
-    rules.add_argument("-o", "--output", required=True)
-    sub.add_parser("serve", help="run the SLI daemon (:9948)").add_argument("spec", nargs="*")
-    sub.add_parser("report", help="print an SLO report").add_argument("spec", nargs="*")
-    parser.parse_args(argv)
-    print(f"{PROGRAM}: not yet implemented", file=sys.stderr)
-    return 2
+    g.add_argument(
+        "--prometheus.url",
+        dest="prometheus_url",
+        required=required,
+        metavar="URL",
+        help="base URL of the query API (with a path prefix such as /prometheus if any)",
+    )
+    g.add_argument(
+        "--prometheus.bearer-token-file",
+        dest="bearer_token_file",
+        metavar="FILE",
+        help="send the token in this file as Authorization: Bearer (re-read each query)",
+    )
+    g.add_argument("--prometheus.basic-auth.username", dest="basic_auth_user", metavar="USER")
+    g.add_argument(
+        "--prometheus.basic-auth.password-file", dest="basic_auth_password_file", metavar="FILE"
+    )
+    g.add_argument(
+        "--prometheus.tls.ca-file",
+        dest="tls_ca_file",
+        metavar="FILE",
+        help="CA certificates to verify the server with",
+    )
+    g.add_argument(
+        "--prometheus.tls.cert-file",
+        dest="tls_cert_file",
+        metavar="FILE",
+        help="client certificate (mutual TLS)",
+    )
+    g.add_argument("--prometheus.tls.key-file", dest="tls_key_file", metavar="FILE")
+    g.add_argument(
+        "--prometheus.tls.server-name",
+        dest="tls_server_name",
+        metavar="NAME",
+        help="name to expect in the server's certificate",
+    )
+    g.add_argument(
+        "--prometheus.tls.insecure-skip-verify",
+        dest="tls_insecure",
+        action="store_true",
+        help="do not verify the server's certificate",
+    )
+    g.add_argument(
+        "--prometheus.header",
+        dest="headers",
+        action="append",
+        default=None,
+        metavar="'NAME: VALUE'",
+        help="extra request header (repeatable), e.g. 'X-Scope-OrgID: hpc'",
+    )
+    q = parser.add_argument_group("queries")
+    q.add_argument(
+        "--query.timeout",
+        dest="query_timeout",
+        type=parse_duration,
+        default=30.0,
+        metavar="DURATION",
+        help="time limit of one query attempt (default 30s)",
+    )
+    q.add_argument(
+        "--query.retries",
+        dest="query_retries",
+        type=int,
+        default=2,
+        metavar="N",
+        help="retries after a connection error, timeout, 429 or 5xx (default 2)",
+    )
+    q.add_argument(
+        "--query.retry-backoff",
+        dest="query_backoff",
+        type=parse_duration,
+        default=0.5,
+        metavar="DURATION",
+        help="first pause between attempts, doubling (default 500ms)",
+    )
+    q.add_argument(
+        "--query.concurrency",
+        dest="query_concurrency",
+        type=int,
+        default=4,
+        metavar="N",
+        help="queries in flight at once (default 4)",
+    )
+    q.add_argument(
+        "--query.settle-time",
+        dest="settle",
+        type=parse_duration,
+        default=120.0,
+        metavar="DURATION",
+        help="period windows sum whole hours that ended at least this long ago (default 2m)",
+    )
+
+
+def client_from_args(args: argparse.Namespace) -> PrometheusClient:
+    headers = []
+    for raw in _listed(args.headers):
+        name, sep, value = str(raw).partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"--prometheus.header must be 'Name: value', not {raw!r}")
+        headers.append((name.strip(), value.strip()))
+    for path in (
+        args.bearer_token_file,
+        args.basic_auth_password_file,
+        args.tls_ca_file,
+        args.tls_cert_file,
+        args.tls_key_file,
+    ):
+        if path and not os.path.isfile(path):
+            raise ValueError(f"file not found: {path}")
+    config = ClientConfig(
+        url=args.prometheus_url,
+        timeout=args.query_timeout,
+        retries=max(0, args.query_retries),
+        backoff=args.query_backoff,
+        bearer_token_file=args.bearer_token_file,
+        basic_auth_user=args.basic_auth_user,
+        basic_auth_password_file=args.basic_auth_password_file,
+        ca_file=args.tls_ca_file,
+        cert_file=args.tls_cert_file,
+        key_file=args.tls_key_file,
+        server_name=args.tls_server_name,
+        insecure_skip_verify=args.tls_insecure,
+        headers=tuple(headers),
+    )
+    return PrometheusClient(config)
+
+
+def _load(paths: Sequence[str], quiet_warnings: bool = False) -> Loaded:
+    loaded = load_specs(paths)
+    for problem in loaded.problems.sorted():
+        if problem.severity == "error" or not quiet_warnings:
+            print(problem, file=sys.stderr)
+    return loaded
+
+
+def _fail(message: str) -> int:
+    print(f"{PROGRAM}: error: {message}", file=sys.stderr)
+    return 1
+
+
+# -- validate ------------------------------------------------------------------------------
+def validate_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog=f"{PROGRAM} validate", description=COMMANDS["validate"])
+    p.add_argument("spec", nargs="+", help="spec files or folders")
+    p.add_argument(
+        "--prometheus.url",
+        dest="prometheus_url",
+        metavar="URL",
+        help="also check against this server that every latency threshold is a bucket bound",
+    )
+    args = p.parse_args(argv)
+    loaded = _load(args.spec)
+    errors = len(loaded.problems.errors)
+    if args.prometheus_url and not errors:
+        from hpcobs.slo.online import check_buckets
+
+        client = PrometheusClient(ClientConfig(url=args.prometheus_url, retries=1))
+        for problem in check_buckets(loaded.slos, client):
+            print(problem, file=sys.stderr)
+            errors += problem.severity == "error"
+    if errors:
+        print(f"{errors} error(s) in {len(loaded.files)} file(s)", file=sys.stderr)
+        return 1
+    print(
+        f"{len(loaded.slos)} SLO(s) in {len(loaded.files)} file(s): OK"
+        + (f", {len(loaded.problems.warnings)} warning(s)" if loaded.problems.warnings else "")
+    )
+    return 0
+
+
+# -- rules ---------------------------------------------------------------------------------
+def rules_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog=f"{PROGRAM} rules", description=COMMANDS["rules"])
+    p.add_argument("spec", nargs="+", help="spec files or folders")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="FILE", help="rule file to write ('-': stdout)"
+    )
+    p.add_argument(
+        "--runbook.base-url",
+        dest="runbook_base",
+        default=DEFAULT_RUNBOOK_BASE,
+        metavar="URL",
+        help="where SLOBurnRatePage.md and SLOBurnRateTicket.md are published "
+        f"(default {DEFAULT_RUNBOOK_BASE})",
+    )
+    p.add_argument(
+        "--rules.interval",
+        dest="interval",
+        metavar="DURATION",
+        help="evaluation interval of the generated groups (default: Prometheus' global; "
+        "at most 5m)",
+    )
+    args = p.parse_args(argv)
+    if args.interval:
+        try:
+            if not 0 < parse_duration(args.interval) <= 300:
+                return _fail(
+                    "--rules.interval must be between 0 and 5m: the 1d and 3d windows "
+                    "sum 5m counts picked every 5 minutes"
+                )
+        except argparse.ArgumentTypeError as exc:
+            return _fail(str(exc))
+    loaded = _load(args.spec)
+    if not loaded.ok:
+        return 1
+    sources = [Path(f).name for f in loaded.files]
+    text = render(loaded.slos, RuleOptions(args.runbook_base, args.interval), sources)
+    if args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.output)
+    try:  # atomic: Prometheus may reload while we write
+        with tempfile.NamedTemporaryFile(
+            "w", dir=out.parent or ".", prefix=f".{out.name}.", delete=False
+        ) as tmp:
+            tmp.write(text)
+        os.replace(tmp.name, out)
+    except OSError as exc:
+        return _fail(f"cannot write {out}: {exc}")
+    print(f"wrote {out}: {len(loaded.slos)} SLO(s)", file=sys.stderr)
+    return 0
+
+
+# -- serve ---------------------------------------------------------------------------------
+def serve_parser() -> argparse.ArgumentParser:
+    p = exporter_parser(f"{PROGRAM} serve", COMMANDS["serve"], DEFAULT_LISTEN)
+    add_prometheus_flags(p, required=True)
+    e = p.add_argument_group("evaluation")
+    e.add_argument(
+        "--eval-interval",
+        "--eval.interval",
+        dest="eval_interval",
+        type=parse_duration,
+        default=60.0,
+        metavar="DURATION",
+        help="time between evaluations (default 1m)",
+    )
+    e.add_argument(
+        "--eval.timeout",
+        dest="eval_timeout",
+        type=parse_duration,
+        default=30.0,
+        metavar="DURATION",
+        help="time limit of one evaluation, retries included (default 30s)",
+    )
+    t = p.add_argument_group("tracing")
+    t.add_argument(
+        "--otlp.endpoint",
+        dest="otlp_endpoint",
+        metavar="URL",
+        help="send a trace of each evaluation to this OTLP/HTTP collector (e.g. http://otel:4318)",
+    )
+    t.add_argument(
+        "--otlp.header",
+        dest="otlp_headers",
+        action="append",
+        default=None,
+        metavar="'NAME: VALUE'",
+        help="extra OTLP request header (repeatable)",
+    )
+    p.add_argument("spec", nargs="+", help="spec files or folders")
+    return p
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    from hpcobs.slo.daemon import Engine, SLOCollector
+    from hpcobs.slo.evaluator import Evaluator
+    from hpcobs.slo.tracing import tracer, tracer_provider
+
+    args = parse_args(serve_parser(), argv)
+    setup_logging(args.log_level, args.log_format)
+    loaded = _load(args.spec)
+    if not loaded.ok:
+        return 1
+    try:
+        client = client_from_args(args)
+        otlp_headers = dict(_header(h, "--otlp.header") for h in _listed(args.otlp_headers))
+        provider = tracer_provider(args.otlp_endpoint, otlp_headers)
+        engine = Engine(
+            Evaluator(
+                loaded.slos,
+                client,
+                concurrency=args.query_concurrency,
+                settle=args.settle,
+                timeout=args.eval_timeout,
+                tracer=tracer(provider),
+            ),
+            args.eval_interval,
+        )
+    except ValueError as exc:
+        return _fail(str(exc))
+    spec = CollectorSpec(
+        name="slo",
+        help="SLIs, error budgets and burn rates from the latest evaluation",
+        factory=lambda _args: SLOCollector(engine),
+    )
+    try:
+        return serve_exporter(f"{PROGRAM} serve", args, [spec])
+    finally:
+        provider.shutdown()
+
+
+def _listed(value: object) -> list[str]:
+    """A repeatable flag's values (a --config.file gives one string)."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]  # type: ignore[attr-defined]
+
+
+def _header(raw: str, flag: str) -> tuple[str, str]:
+    name, sep, value = raw.partition(":")
+    if not sep or not name.strip():
+        raise ValueError(f"{flag} must be 'Name: value', not {raw!r}")
+    return name.strip(), value.strip()
+
+
+# -- report --------------------------------------------------------------------------------
+def _when(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid time {text!r} (unix seconds or RFC 3339)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+def report_main(argv: Sequence[str]) -> int:
+    from hpcobs.slo.evaluator import Evaluator
+    from hpcobs.slo.report import render_html, render_json, render_table
+
+    p = argparse.ArgumentParser(prog=f"{PROGRAM} report", description=COMMANDS["report"])
+    add_prometheus_flags(p, required=True)
+    p.add_argument("--format", choices=("table", "json", "html"), default="table")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    p.add_argument(
+        "--time",
+        type=_when,
+        metavar="TIME",
+        help="report as of this time (unix seconds or RFC 3339; default now)",
+    )
+    p.add_argument("--title", default="SLO report", help="HTML page title")
+    p.add_argument("spec", nargs="+", help="spec files or folders")
+    args = p.parse_args(argv)
+    loaded = _load(args.spec, quiet_warnings=True)
+    if not loaded.ok:
+        return 1
+    try:
+        evaluator = Evaluator(
+            loaded.slos,
+            client_from_args(args),
+            concurrency=args.query_concurrency,
+            settle=args.settle,
+            timeout=max(args.query_timeout * (args.query_retries + 1), 30.0),
+        )
+    except ValueError as exc:
+        return _fail(str(exc))
+    try:
+        evaluation = evaluator.evaluate(args.time)
+    except QueryError as exc:  # pragma: no cover - evaluate() reports per SLO
+        return _fail(str(exc))
+    if args.format == "json":
+        text = render_json(evaluation, evaluator)
+    elif args.format == "html":
+        text = render_html(evaluation, evaluator, args.title)
+    else:
+        text = render_table(evaluation)
+    if args.output:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            return _fail(f"cannot write {args.output}: {exc}")
+    else:
+        sys.stdout.write(text)
+    if not evaluation.success:
+        print(f"{PROGRAM}: some SLOs could not be evaluated (see the report)", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
