@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: bootstrap test test-unit test-real demo bench lint typecheck docs gpu-check clean
+.PHONY: bootstrap test test-unit test-real demo bench lint docs gpu-check clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -31,6 +31,7 @@ gpu-check: bootstrap
 
 docs: bootstrap
 	$(PY) scripts/gen_metrics_doc.py > docs/metrics.md
+	$(PY) dashboards/generate.py
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,285 @@
+"""Debug: per-node and per-job detail for finding the cause."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.builders import heatmap
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import heatmap as hm
+from panels import (
+    CLUSTER,
+    DS,
+    NODE,
+    NODE_QUERY,
+    dashboard,
+    query,
+    table_panel,
+    ts_panel,
+)
+
+UID = "hpcobs-debug"
+PROBE = 'cluster=~"$cluster", partition=~"$partition"'
+RATE = "[$__rate_interval]"
+RDMA_ERRORS = {
+    "symbol errors": "hpcobs_rdma_port_symbol_errors_total",
+    "link error recovery": "hpcobs_rdma_port_link_error_recovery_total",
+    "link downed": "hpcobs_rdma_port_link_downed_total",
+    "receive errors": "hpcobs_rdma_port_receive_errors_total",
+    "transmit discards": "hpcobs_rdma_port_transmit_discards_total",
+}
+# Driver counters that point at congestion or loss on RoCE/IB (mlx5 hw_counters).
+HW_COUNTERS = "out_of_sequence|packet_seq_err|local_ack_timeout_err|rnr_nak_retry_err|out_of_buffer"
+SDIAG = "hpcobs_slurm_scheduler_cycle_seconds"
+OST_LATENCY = "hpcobs_lustre_target_disk_io_duration_seconds_bucket"
+
+
+def gpu_heatmap() -> heatmap.Panel:
+    return (
+        heatmap.Panel()
+        .title("GPU utilization per node")
+        .description("Mean GPU utilization of each node's GPUs (one row per node).")
+        .datasource(DS)
+        .unit("percentunit")
+        .calculate(False)
+        .y_axis(heatmap.YAxisConfig().unit("short"))
+        .rows_frame(heatmap.RowsHeatmapOptions().layout(cm.HeatmapCellLayout.AUTO))
+        .color(
+            heatmap.HeatmapColorOptions()
+            .mode(hm.HeatmapColorMode.SCHEME)
+            .scheme("RdYlGn")
+            .steps(64)
+            .exponent(0.5)
+            .fill("dark-orange")
+            .reverse(False)
+            .min(0)
+            .max(1)
+        )
+        .show_value(cm.VisibilityMode.NEVER)
+        .filter_values(heatmap.FilterValueRange().le(-1))
+        .show_tooltip()
+        .show_legend()
+        .span(24)
+        .height(10)
+        .with_target(query(f"avg by (node) (hpcobs_gpu_utilization_ratio{{{NODE}}})", "{{node}}"))
+    )
+
+
+def build() -> db.Dashboard:
+    op = (
+        db.QueryVariable("op")
+        .label("Collective")
+        .datasource(DS)
+        .query(f"label_values(hpcobs_mpi_collective_latency_seconds{{{PROBE}}}, op)")
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dm.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .current(dm.VariableOption(selected=True, text=["All"], value=["$__all"]))
+    )
+    board = dashboard(
+        UID,
+        "hpcobs / Debug",
+        "Per node and per job detail: GPU utilization, RDMA errors, Lustre per target, "
+        "per-job GPU/IO attribution, collective latency by size, scheduler cycle times.",
+        time_from="now-3h",
+        refresh="30s",
+        node_query=NODE_QUERY,
+        extra_variables=[op],
+    )
+    board = board.with_row(db.Row("GPUs"))
+    board = board.with_panel(gpu_heatmap())
+    board = board.with_row(db.Row("RDMA fabric"))
+    board = board.with_panel(
+        ts_panel(
+            "RDMA error counters",
+            "Per port, error counters per second (IB port counters; zero lines hidden).",
+            [
+                query(
+                    f"sum by (node, device, port) (rate({metric}{{{NODE}}}{RATE})) > 0",
+                    f"{{{{node}}}} {{{{device}}}}/{{{{port}}}} {label}",
+                )
+                for label, metric in RDMA_ERRORS.items()
+            ],
+            unit="cps",
+        )
+    )
+    board = board.with_panel(
+        ts_panel(
+            "RDMA driver counters",
+            "Per port, hw_counters that signal loss or congestion (retransmissions, "
+            "sequence errors, ACK time-outs, receive buffer exhaustion), per second.",
+            [
+                query(
+                    "sum by (node, device, port, counter) (rate(hpcobs_rdma_hw_counter_total{"
+                    f'{NODE}, counter=~"{HW_COUNTERS}"}}{RATE})) > 0',
+                    "{{node}} {{device}}/{{port}} {{counter}}",
+                )
+            ],
+            unit="cps",
+        )
+    )
+    board = board.with_panel(
+        ts_panel(
+            "RDMA throughput",
+            "Per port, bytes per second received (positive) and transmitted.",
+            [
+                query(
+                    "sum by (node, device, port) (rate(hpcobs_rdma_port_receive_bytes_total{"
+                    f"{NODE}}}{RATE}))",
+                    "{{node}} {{device}}/{{port}} rx",
+                ),
+                query(
+                    "sum by (node, device, port) (rate(hpcobs_rdma_port_transmit_bytes_total{"
+                    f"{NODE}}}{RATE}))",
+                    "{{node}} {{device}}/{{port}} tx",
+                ),
+            ],
+            unit="Bps",
+            width=24,
+        )
+    )
+    board = board.with_row(db.Row("Lustre"))
+    board = board.with_panel(
+        ts_panel(
+            "Lustre throughput per OST",
+            "Bytes per second read and written per target, as the OSS/MDS report them (Lustre "
+            "servers are usually not Slurm nodes: filtered by cluster only).",
+            [
+                query(
+                    "sum by (fs, target) (rate(hpcobs_lustre_target_read_bytes_total{"
+                    f"{CLUSTER}}}{RATE}))",
+                    "{{target}} read",
+                ),
+                query(
+                    "sum by (fs, target) (rate(hpcobs_lustre_target_write_bytes_total{"
+                    f"{CLUSTER}}}{RATE}))",
+                    "{{target}} write",
+                ),
+            ],
+            unit="Bps",
+        )
+    )
+    board = board.with_panel(
+        ts_panel(
+            "Lustre latency per OST (p99)",
+            "99th percentile of the disk I/O time per target and direction (brw_stats), "
+            "over the interval.",
+            [
+                query(
+                    "histogram_quantile(0.99, sum by (fs, target, operation, le) (rate("
+                    f"{OST_LATENCY}{{{CLUSTER}}}{RATE})))",
+                    "{{target}} {{operation}}",
+                )
+            ],
+            unit="s",
+        )
+    )
+    board = board.with_row(db.Row("Jobs"))
+    board = board.with_panel(
+        table_panel(
+            "Per-job GPU and I/O attribution",
+            "For each job with processes or GPUs on the selected nodes: GPUs held, their mean "
+            "utilization and memory, Lustre I/O, CPU and memory of its processes.",
+            [
+                query(
+                    f"count by (job_id) (hpcobs_gpu_job_info{{{NODE}}})",
+                    instant=True,
+                    table_format=True,
+                ),
+                query(
+                    f"avg by (job_id) (hpcobs_gpu_job_info{{{NODE}}} * on (cluster, node, gpu, "
+                    f"uuid) group_left () hpcobs_gpu_utilization_ratio{{{NODE}}})",
+                    instant=True,
+                    table_format=True,
+                ),
+                query(
+                    f"sum by (job_id) (hpcobs_gpu_job_memory_used_bytes{{{NODE}}})",
+                    instant=True,
+                    table_format=True,
+                ),
+                query(
+                    f"sum by (job_id) (rate(hpcobs_lustre_job_read_bytes_total{{{NODE}}}{RATE}))",
+                    instant=True,
+                    table_format=True,
+                ),
+                query(
+                    f"sum by (job_id) (rate(hpcobs_lustre_job_write_bytes_total{{{NODE}}}{RATE}))",
+                    instant=True,
+                    table_format=True,
+                ),
+                query(
+                    f"sum by (job_id) (rate(hpcobs_job_cpu_seconds_total{{{NODE}}}{RATE}))",
+                    instant=True,
+                    table_format=True,
+                ),
+                query(
+                    f"sum by (job_id) (hpcobs_job_memory_bytes{{{NODE}}})",
+                    instant=True,
+                    table_format=True,
+                ),
+            ],
+            hide=("Time",),
+            rename={
+                "job_id": "job",
+                "Value #A": "GPUs",
+                "Value #B": "GPU utilization",
+                "Value #C": "GPU memory",
+                "Value #D": "Lustre read B/s",
+                "Value #E": "Lustre write B/s",
+                "Value #F": "CPU cores",
+                "Value #G": "memory",
+            },
+            width=24,
+        )
+    )
+    board = board.with_row(db.Row("MPI probe"))
+    for stat_name in ("p50", "p99"):
+        board = board.with_panel(
+            ts_panel(
+                f"Collective latency by size ({stat_name})",
+                f"hpcobs-mpi-probe: {stat_name} latency of each collective and message size, "
+                "per run (corrected for the Python call overhead).",
+                [
+                    query(
+                        "hpcobs_mpi_collective_latency_seconds{"
+                        f'{PROBE}, op=~"$op", stat="{stat_name}"}}',
+                        "{{op}} {{size_bytes}} B",
+                    )
+                ],
+                unit="s",
+            )
+        )
+    board = board.with_panel(
+        table_panel(
+            "Slowest nodes (pairwise)",
+            "Nodes whose point-to-point latency is furthest above their peers' (1 = typical).",
+            [
+                query(
+                    f"topk(10, hpcobs_mpi_node_slowness_ratio{{{PROBE}}})",
+                    instant=True,
+                    table_format=True,
+                )
+            ],
+            hide=("Time", "__name__", "job", "instance"),
+            rename={"Value": "slowness"},
+            width=24,
+        )
+    )
+    board = board.with_row(db.Row("Scheduler"))
+    board = board.with_panel(
+        ts_panel(
+            "Scheduler cycle times",
+            "slurmctld's main and backfill scheduling cycles (sdiag): the last cycle and the "
+            "mean since sdiag's statistics were last reset.",
+            [
+                query(
+                    f'max by (cluster, scheduler, stat) ({SDIAG}{{{CLUSTER}, stat=~"last|mean"}})',
+                    "{{cluster}} {{scheduler}} {{stat}}",
+                )
+            ],
+            unit="s",
+            width=24,
+        )
+    )
+    return board
