@@ -1,166 +1,129 @@
-"""`make demo`: the hpcobs node exporter on this machine, plus a local Prometheus scraping it.
+"""`make demo`: the whole hpcobs suite on this machine, with a failure injected.
 
-Prints the URLs and a few live values, then keeps running (refreshing the values) until
-Ctrl-C. Everything binds 127.0.0.1; state lives in ./demo-state (removed on exit).
+Starts a private single-node Slurm cluster, the node exporter (GPUs simulated at the pynvml
+boundary, RDMA and Lustre on real-format fixture trees, jobs on this machine's /proc), the
+Slurm exporter, Prometheus with the generated SLO rules and the shipped alerts, Alertmanager
+paging a local webhook, the SLO daemon and one MPI probe run pushed to a Pushgateway. Then it
+runs a few jobs, sets the node down under two running ones (NODE_FAIL), waits for the SLO page
+to reach the on-call webhook, prints the URLs and the SLO report, and keeps everything running
+(printing live values) until Ctrl-C. Everything binds 127.0.0.1; state lives in ./demo-state.
+
+HPCOBS_DEMO_ONCE=1 exits after the first report (used by the test of this script).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from harness.slurm import SlurmCluster  # noqa: E402
+from harness.stack import Suite  # noqa: E402
+
 STATE = REPO / "demo-state"
+SHARED = REPO.parent / "shared" / "fixtures"
 
 
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def pick_port(preferred: int) -> int:
-    if port_free(preferred):
-        return preferred
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Stack:
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(self, name: str, argv: list[str]) -> None:
-        log = (STATE / f"{name}.log").open("ab")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append((name, proc))
-
-    def check(self) -> None:
-        for name, proc in self.procs:
-            if proc.poll() is not None:
-                tail = (STATE / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
-                raise SystemExit(f"demo: {name} exited with {proc.returncode}:\n" + "\n".join(tail))
-
-    def stop(self) -> None:
-        for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-        for _, proc in reversed(self.procs):
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-
-
-def query(prom: str, expr: str) -> list[dict]:
-    url = f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return list(json.load(resp)["data"]["result"])
-
-
-def show(prom: str) -> None:
+def show(suite: Suite) -> None:
     rows = [
-        ("up (exporter scraped by Prometheus)", 'up{job="hpcobs-node"}'),
-        ("collectors up", 'hpcobs_collector_up{job="hpcobs-node"}'),
-        ("collector durations (s)", 'hpcobs_collector_duration_seconds{job="hpcobs-node"}'),
-        ("build", 'hpcobs_build_info{job="hpcobs-node"}'),
-        ("series served", 'scrape_samples_scraped{job="hpcobs-node"}'),
+        ("targets up", "sum by (job) (up)"),
+        ("collectors up", "sum by (job) (hpcobs_collector_up)"),
+        ("jobs by state", "sum by (state) (hpcobs_slurm_jobs) > 0"),
+        ("finished jobs", "sum by (state, cause) (hpcobs_slurm_jobs_finished_total)"),
+        ("GPUs up", "sum(hpcobs_gpu_up)"),
+        ("GPU XIDs", "sum by (gpu, xid) (hpcobs_gpu_xid_errors_total)"),
+        ("RDMA ports ACTIVE", "count(hpcobs_rdma_port_state == 4)"),
+        ("Lustre job write bytes", "sum(hpcobs_lustre_job_write_bytes_total)"),
+        (
+            "probe allreduce 8 B p50 (s)",
+            'hpcobs_mpi_collective_latency_seconds{op="allreduce",size_bytes="8",stat="p50"}',
+        ),
+        ("SLO burn rate 1h", 'hpcobs_slo_burn_rate{window="1h"}'),
+        ("SLO budget remaining", "hpcobs_slo_error_budget_remaining_ratio"),
+        ("firing alerts", 'count by (alertname, severity) (ALERTS{alertstate="firing"})'),
     ]
-    print(time.strftime("--- %H:%M:%S ---"))
+    print(time.strftime("--- live values %H:%M:%S ---"))
     for title, expr in rows:
         try:
-            result = query(prom, expr)
-        except OSError as exc:
+            result = suite.prometheus.query(expr)
+        except Exception as exc:
             print(f"  {title}: query failed: {exc}")
             continue
         if not result:
-            print(f"  {title}: (no data yet)")
+            print(f"  {title}: –")
         for r in result:
             labels = {
-                k: v for k, v in r["metric"].items() if k not in ("__name__", "job", "instance")
+                k: v for k, v in r["metric"].items() if k not in ("__name__", "instance", "cluster")
             }
             shown = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-            print(f"  {title}{' {' + shown + '}' if shown else ''}: {r['value'][1]}")
+            value = float(r["value"][1])
+            print(f"  {title}{' {' + shown + '}' if shown else ''}: {value:g}")
     sys.stdout.flush()
 
 
 def main() -> int:
-    for tool in ("prometheus",):
-        if shutil.which(tool) is None:
-            print(f"demo: {tool} not found; run scripts/bootstrap.sh", file=sys.stderr)
-            return 1
+    if not SHARED.is_dir():
+        print(f"demo: fixture trees not found at {SHARED}", file=sys.stderr)
+        return 1
     shutil.rmtree(STATE, ignore_errors=True)
     STATE.mkdir()
-    exporter_port, prom_port = pick_port(9946), pick_port(9090)
-    exporter = f"127.0.0.1:{exporter_port}"
-    prom = f"http://127.0.0.1:{prom_port}"
-    (STATE / "prometheus.yml").write_text(
-        "global: {scrape_interval: 5s, evaluation_interval: 5s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: hpcobs-node\n    static_configs: [{{targets: ['{exporter}']}}]\n"
-    )
-    stack = Stack()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    cluster = SlurmCluster(STATE / "slurm")
+    suite = Suite(STATE / "suite", cluster, SHARED)
     try:
-        stack.start(
-            "hpcobs-node-exporter",
-            [str(BIN / "hpcobs-node-exporter"), f"--web.listen-address={exporter}"],
+        print("hpcobs demo: starting Slurm and the suite ...", flush=True)
+        cluster.start()
+        suite.start()
+        print("URLs:")
+        for name, url in suite.urls().items():
+            print(f"  {name:<42} {url}")
+        print("waiting for Prometheus to scrape every target ...", flush=True)
+        suite.prometheus.wait_for("count(up == 1) == 5", timeout=60)
+        probe = suite.run_probe()
+        print("MPI probe run (pushed to the Pushgateway):")
+        print("\n".join("  " + line for line in probe.stdout.splitlines()[:12]))
+        print("running 4 short jobs and 2 long ones ...", flush=True)
+        _, running = suite.submit_workload(completing=4, long_running=2)
+        print(
+            f"injecting a failure: node1 set down under jobs {running} (NODE_FAIL) ...", flush=True
         )
-        stack.start(
-            "prometheus",
-            [
-                "prometheus",
-                f"--config.file={STATE / 'prometheus.yml'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-                f"--storage.tsdb.path={STATE / 'tsdb'}",
-            ],
+        suite.fail_node(running)
+        page = suite.webhook.wait_for(
+            lambda p: any(
+                a["labels"].get("alertname") == "SLOBurnRatePage" for a in p.get("alerts", [])
+            ),
+            timeout=120,
         )
-        print("hpcobs demo")
-        print(f"  node exporter : http://{exporter}/  (metrics: http://{exporter}/metrics)")
-        print(f"  prometheus    : {prom}/  (targets: {prom}/targets)")
-        print(f"  logs          : {STATE}/")
-        print("waiting for Prometheus to scrape the exporter (up to 30 s)...", flush=True)
-        deadline = time.monotonic() + 30
-        while True:
-            stack.check()
-            try:
-                if any(r["value"][1] == "1" for r in query(prom, 'up{job="hpcobs-node"}')):
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                print("demo: Prometheus did not report up=1 within 30 s", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
-        print(f"up=1 after {30 - (deadline - time.monotonic()):.1f} s. Ctrl-C to stop.")
+        for alert in page["alerts"]:
+            labels = alert["labels"]
+            print(
+                f"PAGED (on-call webhook): {labels.get('alertname')} slo={labels.get('slo')} "
+                f"severity={labels.get('severity')}: {alert['annotations'].get('summary')}"
+            )
+        time.sleep(4)  # one more SLO daemon cycle
+        print("SLO report (hpcobs-slo report):")
+        print(suite.slo_report())
         once = os.environ.get("HPCOBS_DEMO_ONCE") == "1"
         while True:
-            show(prom)
+            show(suite)
             if once:
                 return 0
-            for _ in range(30):
-                stack.check()
-                time.sleep(0.5)
+            print("Ctrl-C to stop.", flush=True)
+            time.sleep(30)
     except KeyboardInterrupt:
         print("\nstopping")
         return 0
     finally:
-        stack.stop()
-        shutil.rmtree(STATE, ignore_errors=True)
+        suite.stop()
+        cluster.stop()
+        if os.environ.get("HPCOBS_DEMO_KEEP") != "1":
+            shutil.rmtree(STATE, ignore_errors=True)
 
 
 if __name__ == "__main__":
