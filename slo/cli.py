@@ -156,7 +156,8 @@ def add_prometheus_flags(parser: argparse.ArgumentParser, required: bool) -> Non
         type=parse_duration,
         default=120.0,
         metavar="DURATION",
-        help="period windows sum whole hours that ended at least this long ago (default 2m)",
+        help="hourly event counts of period windows are cached once their hour ended at "
+        "least this long ago; later events are queried each cycle (default 2m)",
     )
 
 

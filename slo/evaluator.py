@@ -10,9 +10,13 @@ queries depends on the metrics and windows in use, not on the number of SLOs.
 Windows:
 - 5m, 30m, 1h, 2h, 6h, 1d, 3d: `increase` over the window ending at the evaluation time;
 - the period (30d, calendar month, ...): the sum of hourly event counts ("tiles") over the
-  whole hours of the period that ended at least `settle` seconds ago. Tiles are fetched
-  once with one range query per metric (step 1h) and kept, so a cycle never reads 30 days
-  of raw samples again: at most one new hour per metric per hour.
+  whole hours of the period that ended at least `settle` seconds ago, plus the remainder:
+  `increase` from the end of the last of those hours up to the evaluation time, like the
+  short windows (one more batched query per metric, whatever the number of SLOs). Tiles
+  are fetched once with one range query per metric (step 1h) and kept, so a cycle never
+  reads 30 days of raw samples again: at most one new hour per metric per hour. A
+  rolling period thus covers N days of whole hours plus the remainder (up to an hour and
+  `settle` more); a calendar month starts at the start of the evaluation time's month.
 
 Every window is event-weighted (bad events / total events), as in the generated rules.
 An SLO whose queries failed gets no figures in that evaluation (`SLOResult.error`), never
@@ -44,6 +48,7 @@ from hpcobs.slo.model import (
     burn_state,
     count_events,
     events_promql,
+    range_events_promql,
 )
 from hpcobs.slo.promapi import PrometheusClient, QueryError, QueryStats, Sample
 from hpcobs.slo.selector import Matcher, Selector, regex_escape
@@ -65,6 +70,15 @@ class Batch:
 
     def expr(self, window: Window) -> str:
         inner = events_promql(Selector(self.metric, self.prefilter), self.below, window)
+        return self._sum(inner)
+
+    def live_expr(self, millis: int) -> str:
+        """Events over the last `millis` milliseconds (the period's remainder)."""
+        return self._sum(
+            range_events_promql(Selector(self.metric, self.prefilter), self.below, millis)
+        )
+
+    def _sum(self, inner: str) -> str:
         return f"sum by ({', '.join(self.by)}) ({inner})" if self.by else f"sum({inner})"
 
 
@@ -147,6 +161,8 @@ class SLOResult:
     slo: SLO
     windows: Mapping[str, WindowResult] = field(default_factory=dict)
     error: str | None = None
+    # the part of the period window after the whole hours (included in the period's counts)
+    remainder: WindowResult | None = None
 
     @property
     def ok(self) -> bool:
@@ -182,7 +198,7 @@ class Evaluation:
     queries: int
     failed_queries: int
     duration: float
-    period_end: float  # end of the hourly tiles summed for period windows
+    period_end: float  # end of the hourly tiles summed for period windows (then: remainder)
 
     @property
     def success(self) -> bool:
@@ -278,8 +294,9 @@ class Evaluator:
 
     @property
     def queries_per_cycle(self) -> int:
-        """Instant queries of a steady-state cycle (plus one tile query per metric an hour)."""
-        return len(self.plan.batches) * len(SHORT_WINDOWS)
+        """Instant queries of a steady-state cycle: the short windows and the period's
+        remainder per metric (plus one tile query per metric an hour)."""
+        return len(self.plan.batches) * (len(SHORT_WINDOWS) + 1)
 
     def period_end(self, at: float) -> int:
         return int((at - self.settle) // HOUR * HOUR)
@@ -296,6 +313,7 @@ class Evaluator:
             ctx = _QueryContext(trace.set_span_in_context(span), deadline)
             sums: dict[tuple[Batch, str], dict[Term, float] | None] = {}
             tiles_ok: dict[Batch, bool] = {}
+            remainders: dict[tuple[Batch, int], dict[Term, float] | None] = {}
 
             def instant(batch: Batch, window: str) -> None:
                 expr = batch.expr(WINDOWS[window])
@@ -312,6 +330,20 @@ class Evaluator:
             def fetch_tiles(batch: Batch) -> None:
                 tiles_ok[batch] = self._fetch_tiles(ctx, batch, period_end)
 
+            def remainder(batch: Batch, millis: int) -> None:
+                expr = batch.live_expr(millis)
+                samples = self._run(
+                    ctx,
+                    "remainder",
+                    batch,
+                    f"{millis}ms",
+                    expr,
+                    lambda stats: self.client.query(expr, at, deadline=deadline, stats=stats),
+                )
+                remainders[(batch, millis)] = (
+                    None if samples is None else self._aggregate(batch, samples)
+                )
+
             with ThreadPoolExecutor(self.concurrency, thread_name_prefix="slo-query") as pool:
                 jobs = [pool.submit(fetch_tiles, b) for b in self.plan.batches]
                 jobs += [
@@ -319,11 +351,17 @@ class Evaluator:
                     for b in self.plan.batches
                     for w in SHORT_WINDOWS
                 ]
+                jobs += [
+                    pool.submit(remainder, b, millis)
+                    for b, millis in self._remainder_queries(at, period_end)
+                ]
                 for job in jobs:
                     job.result()
             oldest = period_end - max((s.period.max_seconds for s in self.slos), default=0)
             self.tiles.forget_before(oldest)
-            results = tuple(self._result(slo, at, period_end, sums, tiles_ok) for slo in self.slos)
+            results = tuple(
+                self._result(slo, at, period_end, sums, tiles_ok, remainders) for slo in self.slos
+            )
             evaluation = Evaluation(
                 time=at,
                 results=results,
@@ -355,7 +393,7 @@ class Evaluator:
         stats = QueryStats()
         result: list[Sample] | None = None
         key = f"{kind} {batch.metric}" + (f" <= {batch.below}" if batch.below is not None else "")
-        key += f" {window}" if kind == "instant" else ""
+        key += f" {window}" if kind == "instant" else ""  # remainders vary: one key
         with self.tracer.start_as_current_span("prometheus.query", context=ctx.parent) as span:
             span.set_attribute("db.system", "prometheus")
             span.set_attribute("db.statement", expr[:2000])
@@ -449,6 +487,22 @@ class Evaluator:
                 self._match_cache[key] = found
         return found
 
+    def _remainder_start(self, slo: SLO, at: float, period_end: int) -> float:
+        """Where the SLO's period remainder (the part after its whole hours) starts: the end
+        of the whole hours, or a calendar month's start in its first `settle` seconds."""
+        return max(float(period_end), slo.period.window_start(period_end, at))
+
+    def _remainder_queries(self, at: float, period_end: int) -> list[tuple[Batch, int]]:
+        """(batch, range in ms) of the remainder queries: one per metric (two while a
+        calendar month is younger than `settle`); none for a remainder under 1 s."""
+        out: dict[tuple[Batch, int], None] = {}
+        for slo in self.slos:
+            millis = _millis(at - self._remainder_start(slo, at, period_end))
+            if millis >= 1000:
+                for term in slo.sli.events().terms():
+                    out[(self.plan.batch_of[term], millis)] = None
+        return list(out)
+
     def _uses(self, slo: SLO, batch: Batch) -> bool:
         return any(self.plan.batch_of[t] == batch for t in slo.sli.events().terms())
 
@@ -459,6 +513,7 @@ class Evaluator:
         period_end: int,
         sums: Mapping[tuple[Batch, str], Mapping[Term, float] | None],
         tiles_ok: Mapping[Batch, bool],
+        remainders: Mapping[tuple[Batch, int], Mapping[Term, float] | None],
     ) -> SLOResult:
         events = slo.sli.events()
         out: dict[str, WindowResult] = {}
@@ -479,10 +534,34 @@ class Evaluator:
                     slo,
                     error=f"the hourly event counts of {sel.selector.metric} could not be fetched",
                 )
-        start = slo.period.start(period_end)
-        bad, total = count_events(events, lambda sel: self.tiles.total(sel, start, period_end))
-        out[slo.period.name] = WindowResult(slo.period.name, start, period_end, bad, total)
-        return SLOResult(slo, out)
+        start = slo.period.window_start(period_end, at)
+        rest_start = self._remainder_start(slo, at, period_end)
+        millis = _millis(at - rest_start)
+        rest: dict[Term, float] = {}
+        for sel in events.terms():
+            if millis < 1000:
+                rest[sel] = 0.0
+                continue
+            got = remainders.get((self.plan.batch_of[sel], millis))
+            if got is None:
+                return SLOResult(
+                    slo,
+                    error=f"the query on {sel.selector.metric} over the rest of the period "
+                    "(after the whole hours) failed",
+                )
+            rest[sel] = got[sel]
+        bad, total = count_events(events, rest.__getitem__)
+        remainder = WindowResult(slo.period.name, rest_start, at, bad, total)
+        # each term's events are summed over hours and remainder first, as for any window
+        bad, total = count_events(
+            events, lambda sel: self.tiles.total(sel, start, period_end) + rest[sel]
+        )
+        out[slo.period.name] = WindowResult(slo.period.name, start, at, bad, total)
+        return SLOResult(slo, out, remainder=remainder)
+
+
+def _millis(seconds: float) -> int:
+    return round(seconds * 1000)
 
 
 class _QueryContext:

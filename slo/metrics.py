@@ -31,7 +31,7 @@ SLI = MetricDef(
     "gauge",
     "Good events over all events in the window (event-weighted); absent for a window "
     "without events. The period window sums whole hours up to "
-    "hpcobs_slo_period_end_timestamp_seconds.",
+    "hpcobs_slo_period_end_timestamp_seconds, then the events since, up to the evaluation time.",
     ("slo", "window"),
 )
 BURN = MetricDef(

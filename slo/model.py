@@ -81,6 +81,12 @@ class Period:
         when = dt.datetime.fromtimestamp(end, dt.UTC)
         return dt.datetime(when.year, when.month, 1, tzinfo=dt.UTC).timestamp()
 
+    def window_start(self, tiles_end: float, at: float) -> float:
+        """Start of the period window that sums the whole hours up to `tiles_end` and the
+        remainder up to `at`: `days` before `tiles_end` (so the hours tile it exactly), or
+        the start of `at`'s calendar month."""
+        return self.start(tiles_end if self.kind == "rolling" else at)
+
 
 ROLLING_30D = Period("rolling", 30)
 
@@ -141,12 +147,25 @@ class Term:
 
 def events_promql(selector: Selector, below: float | None, window: Window) -> str:
     """Per-series PromQL counting a term's events over `window` (callers sum it)."""
+    return range_events_promql(selector, below, window.seconds * 1000)
+
+
+def range_events_promql(selector: Selector, below: float | None, millis: int) -> str:
+    """As `events_promql`, over a range of `millis` milliseconds (at least 1 s for gauges):
+    the daemon's period remainder, from the end of the last whole hour to the evaluation."""
     if below is None:
-        return f"increase({selector.promql()}[{window}])"
+        return f"increase({selector.promql()}[{_range(millis)}])"
     inner = selector.promql() if below == math.inf else f"({selector.promql()} <= {below!r})"
     # window - 1s with 1m steps picks exactly window/1m slices, whether or not the
     # evaluation time falls on a minute (subquery ranges are closed in Prometheus 2).
-    return f"count_over_time({inner}[{window.seconds - 1}s:{SLICE // 60}m])"
+    return f"count_over_time({inner}[{_range(millis - 1000)}:{SLICE // 60}m])"
+
+
+def _range(millis: int) -> str:
+    """A PromQL range: `5m`, `3599s` for whole seconds, else `2034500ms`."""
+    if millis <= 0:
+        raise ValueError(f"range must be positive: {millis} ms")
+    return format_duration(millis // 1000) if millis % 1000 == 0 else f"{millis}ms"
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """`hpcobs-slo report`: the evaluator's results as a table, JSON, or a self-contained HTML page.
 
 The HTML page has, per SLO, an error-budget burn-down chart (inline SVG, no scripts, no
-external resources) over the period's hours: the share of the period's budget
-(objective × events) still left after each hour's bad events, next to the line an evenly
-spread error rate at exactly the objective would follow.
+external resources) over the period's hours and the remainder up to the evaluation time: the
+share of the period's budget (objective × events) still left after each hour's bad events,
+next to the line an evenly spread error rate at exactly the objective would follow.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ TABLE_BURN_WINDOWS = ("1h", "6h", "1d", "3d")
 
 @dataclass(frozen=True)
 class BurnDown:
-    hours: tuple[int, ...]
+    hours: tuple[float, ...]  # each hour's end, then the evaluation time (the remainder)
     remaining: tuple[float, ...]  # share of the period's budget left after each hour
     even: tuple[float, ...]  # the same at a constant error ratio equal to the budget
 
@@ -44,31 +44,38 @@ def status(result: SLOResult) -> str:
 
 
 def burn_down(evaluator: Evaluator, result: SLOResult) -> BurnDown | None:
-    """Cumulative budget use over the period's hours, from the evaluator's hourly tiles."""
+    """Cumulative budget use over the period's hours (the evaluator's hourly tiles), then the
+    remainder up to the evaluation time."""
     period = result.period
     if period is None or period.total <= 0:
         return None
     events = result.slo.sli.events()
+    tiles_end = period.end if result.remainder is None else result.remainder.start
     per_sel: dict[Term, dict[int, float]] = {
-        sel: dict(evaluator.tiles.series(sel, period.start, period.end)) for sel in events.terms()
+        sel: dict(evaluator.tiles.series(sel, period.start, tiles_end)) for sel in events.terms()
     }
     hours = sorted({h for values in per_sel.values() for h in values})
     allowed = float(result.slo.error_budget) * period.total
     cum_bad = cum_total = 0.0
-    remaining, even = [], []
+    remaining: list[float] = []
+    even: list[float] = []
+    steps: list[tuple[float, float, float]] = []  # (end, bad, total)
     for h in hours:
 
         def hour_events(sel: Term, hour: int = h) -> float:
             return per_sel[sel].get(hour, 0.0)
 
-        bad, total = count_events(events, hour_events)
+        steps.append((h, *count_events(events, hour_events)))
+    if result.remainder is not None:
+        steps.append((result.remainder.end, result.remainder.bad, result.remainder.total))
+    for _, bad, total in steps:
         cum_bad += bad
         cum_total += total
         remaining.append(
             1.0 - cum_bad / allowed if allowed > 0 else (1.0 if cum_bad == 0 else -1.0)
         )
         even.append(1.0 - cum_total / period.total)
-    return BurnDown(tuple(hours), tuple(remaining), tuple(even))
+    return BurnDown(tuple(t for t, _, _ in steps), tuple(remaining), tuple(even))
 
 
 # -- JSON ----------------------------------------------------------------------------------
@@ -178,8 +185,9 @@ def render_table(evaluation: Evaluation) -> str:
         lines.append("  ".join([*cells, row[-1]]).rstrip())
     lines.append("")
     lines.append(
-        f"as of {_iso(evaluation.time)}; period windows sum whole hours up to "
-        f"{_iso(evaluation.period_end)}; {evaluation.queries} queries"
+        f"as of {_iso(evaluation.time)}; period windows: whole hours up to "
+        f"{_iso(evaluation.period_end)}, then the events since, up to {_iso(evaluation.time)}; "
+        f"{evaluation.queries} queries"
     )
     return "\n".join(lines) + "\n"
 
@@ -224,8 +232,9 @@ def render_html(
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>"
-        f'<h1>{esc(title)}</h1><p class="muted">As of {esc(_iso(evaluation.time))}; period windows '
-        f"sum whole hours up to {esc(_iso(evaluation.period_end))}. Burn rates: error ratio over the "
+        f'<h1>{esc(title)}</h1><p class="muted">As of {esc(_iso(evaluation.time))}; period windows: '
+        f"whole hours up to {esc(_iso(evaluation.period_end))}, then the events since. "
+        "Burn rates: error ratio over the "
         "error budget (1 spends the budget exactly over the period).</p>"
         f"<table><tr>{head}</tr>{''.join(body)}</table>{''.join(cards)}</body></html>\n"
     )

@@ -1,8 +1,8 @@
 """The evaluator on a fake Prometheus: batching, event arithmetic, hourly tiles, failures,
 traces. (tests/real/test_slo_serve.py runs it against a real Prometheus.)
 
-The fake serves the daemon's batched query shapes from series with constant rates, so every
-expected count is rate × seconds, computed here by hand.
+The fake serves the daemon's batched query shapes from series with constant rates (from
+`born` on, a stack's start), so every expected count is rate × seconds, computed here by hand.
 """
 
 from __future__ import annotations
@@ -33,12 +33,13 @@ NOW = 1_700_000_000.0 + 1234.5  # not on an hour
 QUERY = re.compile(
     r"^sum(?: by \((?P<by>[^)]*)\) )?\((?P<fn>increase|count_over_time)\((?P<inner>.*)\[(?P<w>[^\]]+)\]\)\)$"
 )
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def seconds(text: str) -> int:
-    text = text.split(":")[0]
-    return int(text[:-1]) * UNITS[text[-1]]
+def seconds(text: str) -> float:
+    m = re.fullmatch(r"(\d+)(ms|s|m|h|d)", text.split(":")[0])
+    assert m, f"unexpected range: {text}"
+    return int(m.group(1)) * UNITS[m.group(2)]
 
 
 @dataclass
@@ -49,12 +50,14 @@ class FakePrometheus:
     gauges: dict[str, list[tuple[dict[str, str], float]]] = field(default_factory=dict)
     fail: set[str] = field(default_factory=set)  # metric names whose queries fail
     calls: list[tuple[str, str]] = field(default_factory=list)  # (kind, expr)
+    born: float = -math.inf  # no events before this time (a fresh stack)
 
-    def _answer(self, expr: str) -> list[Sample]:
+    def _answer(self, expr: str, at: float) -> list[Sample]:
         m = QUERY.match(expr)
         assert m, f"unexpected query shape: {expr}"
         by = [b.strip() for b in m.group("by").split(",")] if m.group("by") else []
         inner, window = m.group("inner"), seconds(m.group("w"))
+        window = max(0.0, min(window, at - self.born))
         metric = re.match(r"\(?([a-zA-Z_:][a-zA-Z0-9_:]*)", inner).group(1)  # type: ignore[union-attr]
         if metric in self.fail:
             raise QueryError(f"{metric}: down", retryable=True)
@@ -68,7 +71,7 @@ class FakePrometheus:
             for labels, value in self.gauges.get(metric, []):
                 if limit is None or value <= float(limit.group(1)):
                     key = tuple(labels.get(b, "") for b in by)
-                    groups[key] = groups.get(key, 0.0) + (window + 1) // 60
+                    groups[key] = groups.get(key, 0.0) + (window + 1) // 60  # whole minutes
         return [Sample(dict(zip(by, key, strict=True)), v) for key, v in groups.items()]
 
     def query(
@@ -82,7 +85,7 @@ class FakePrometheus:
         self.calls.append(("query", expr))
         if stats is not None:
             stats.attempts += 1
-        return self._answer(expr)
+        return self._answer(expr, at)
 
     def query_range(
         self,
@@ -95,12 +98,14 @@ class FakePrometheus:
         stats: QueryStats | None = None,
     ) -> list[Series]:
         self.calls.append(("range", expr))
-        samples = self._answer(expr)
         steps = int((end - start) // step) + 1
-        return [
-            Series(s.labels, tuple((start + i * step, s.value) for i in range(steps)))
-            for s in samples
-        ]
+        points: dict[tuple[tuple[str, str], ...], list[tuple[float, float]]] = {}
+        for i in range(steps):
+            for s in self._answer(expr, start + i * step):
+                points.setdefault(tuple(sorted(s.labels.items())), []).append(
+                    (start + i * step, s.value)
+                )
+        return [Series(dict(k), tuple(v)) for k, v in points.items()]
 
 
 SPEC = """
@@ -206,10 +211,17 @@ def test_event_counts_ratios_and_budgets_of_every_kind() -> None:
     assert (w.bad, w.total) == pytest.approx((360.0, 3600.0))
     assert w.error_ratio == pytest.approx(0.1) and w.sli == pytest.approx(0.9)
     assert cpu.burn_rate("1h") == pytest.approx(10.0)
-    # the period: whole hours up to the last hour before NOW, 30 days of them
-    period = cpu.windows["30d"]
-    assert period.end == math.floor(NOW / HOUR) * HOUR and period.end - period.start == 30 * 86400
-    assert period.total == pytest.approx(1.0 * 30 * 86400)
+    # the period: 30 days of whole hours up to the last hour before NOW, then the rest to NOW
+    period, last_hour = cpu.windows["30d"], math.floor(NOW / HOUR) * HOUR
+    assert ev.period_end == last_hour
+    assert (period.start, period.end) == (last_hour - 30 * 86400, NOW)
+    assert period.total == pytest.approx(1.0 * (30 * 86400 + NOW - last_hour))
+    assert period.bad == pytest.approx(0.1 * (30 * 86400 + NOW - last_hour))
+    rest = cpu.remainder
+    assert rest is not None and (rest.start, rest.end) == (last_hour, NOW)
+    assert rest.total == pytest.approx(NOW - last_hour) and rest.bad == pytest.approx(
+        0.1 * (NOW - last_hour)
+    )
     assert cpu.error_budget_remaining == pytest.approx(1 - 10.0)
     gpu = r["jobs-gpu"]
     assert gpu.windows["5m"].error_ratio == pytest.approx(0.001 / 0.2)
@@ -224,6 +236,9 @@ def test_event_counts_ratios_and_budgets_of_every_kind() -> None:
     assert probe.windows["1h"].total == 120 and probe.windows["1h"].error_ratio == pytest.approx(
         0.5
     )
+    # 720 hours of 60 slices, then the whole minutes after the last hour (33 of 2034.5 s)
+    assert NOW - last_hour == 2034.5
+    assert probe.windows["30d"].total == 2 * (720 * 60 + 33)
     idle = r["idle"]
     assert idle.ok and idle.windows["1h"].total == 0
     assert idle.windows["1h"].error_ratio is None and idle.windows["1h"].sli is None
@@ -264,7 +279,8 @@ def test_one_query_per_metric_and_window_whatever_the_number_of_slos() -> None:
         "nothing_total",
     }
     batches = len(metrics) + 1  # the gauge needs two: all slices, and those below the threshold
-    assert a.queries == batches * 7 + batches  # 7 windows, plus one tile range query each
+    # 7 windows and the period's remainder, plus one tile range query each
+    assert a.queries == batches * 8 + batches
     assert sorted(k for k, _ in few.calls).count("range") == batches
     by = {e for k, e in many.calls if "hpcobs_slurm_jobs_finished_total" in e and k == "query"}
     assert all(
@@ -280,22 +296,26 @@ def test_tiles_are_fetched_once_and_then_one_hour_at_a_time() -> None:
     evaluator.evaluate(NOW)  # cold: one range query per batch for 30 days of hours
     assert [k for k, _ in prom.calls].count("range") == batches
     n = len(prom.calls)
-    evaluator.evaluate(NOW + 60)  # same hour: only the 7 short windows
-    assert len(prom.calls) - n == 7 * batches
+    evaluator.evaluate(NOW + 60)  # same hour: only the 7 short windows and the remainder
+    assert len(prom.calls) - n == 8 * batches
     n = len(prom.calls)
     ev = evaluator.evaluate(NOW + HOUR)  # one more hour ended: one instant tile query each
-    assert len(prom.calls) - n == 8 * batches
+    assert len(prom.calls) - n == 9 * batches
     assert all(kind == "query" for kind, _ in prom.calls[n:])
+    assert evaluator.queries_per_cycle == 8 * batches
     r = results(ev)["jobs-cpu"]
-    assert r.windows["30d"].total == pytest.approx(30 * 86400)  # still exactly 720 hours
-    assert r.windows["30d"].end == math.floor((NOW + HOUR - 120) / HOUR) * HOUR
+    last_hour = math.floor((NOW + HOUR - 120) / HOUR) * HOUR
+    assert ev.period_end == last_hour
+    # still exactly 720 hours, then the rest up to the evaluation time
+    assert r.windows["30d"].total == pytest.approx(30 * 86400 + NOW + HOUR - last_hour)
+    assert r.windows["30d"].end == NOW + HOUR
 
 
 def test_failed_queries_make_only_their_slos_stale() -> None:
     prom = fake()
     prom.fail.add("hpcobs_slurm_jobs_wait_exceeded_total")
     ev = Evaluator(slos(), prom, settle=0).evaluate(NOW)
-    assert not ev.success and ev.failed_queries == 8  # 7 windows + the tiles
+    assert not ev.success and ev.failed_queries == 9  # 7 windows, the tiles, the remainder
     r = results(ev)
     assert not r["wait"].ok and "hpcobs_slurm_jobs_wait_exceeded_total" in (r["wait"].error or "")
     assert r["wait"].windows == {} and r["wait"].error_budget_remaining is None
@@ -309,8 +329,9 @@ def test_tiles_failing_once_are_fetched_again_next_cycle() -> None:
     evaluator = Evaluator(slos(), prom, settle=0)
     assert not results(evaluator.evaluate(NOW))["lost"].ok
     prom.fail.clear()
+    last_hour = math.floor(NOW / HOUR) * HOUR
     assert results(evaluator.evaluate(NOW + 1))["lost"].windows["30d"].total == pytest.approx(
-        1000 * 30 * 86400
+        1000 * (30 * 86400 + NOW + 1 - last_hour)
     )
 
 
@@ -330,10 +351,95 @@ def test_traces_one_span_per_cycle_with_a_child_per_query() -> None:
     assert root.attributes["hpcobs.evaluation.success"] is False
     assert root.status.status_code == StatusCode.ERROR
     failed = [c for c in children if c.status.status_code == StatusCode.ERROR]
-    assert len(failed) == ev.failed_queries == 8
+    assert len(failed) == ev.failed_queries == 9
     assert all(c.attributes["hpcobs.metric"] == "nothing_total" for c in failed)
     ok = [c for c in children if c.status.status_code != StatusCode.ERROR]
     assert all("db.statement" in c.attributes and "hpcobs.query.series" in c.attributes for c in ok)
+
+
+def test_a_fresh_stack_has_a_budget_from_its_first_minutes() -> None:
+    # A stack 10 minutes old: every whole hour of the period is empty, yet its events count.
+    prom = fake()
+    prom.born = NOW - 600
+    ev = Evaluator(slos(), prom).evaluate(NOW)  # default settle time (2 minutes)
+    r = results(ev)
+    cpu = r["jobs-cpu"]
+    assert ev.success and cpu.windows["30d"].total == pytest.approx(600)
+    assert cpu.windows["30d"].bad == pytest.approx(60)
+    assert cpu.error_budget_remaining == pytest.approx(1 - 10.0)
+    assert r["wait"].windows["30d"].error_ratio == pytest.approx(0.03 / 0.12)
+    assert r["probe"].windows["30d"].total == 2 * 10  # the whole minutes since it started
+    assert r["idle"].error_budget_remaining is None  # no events: no SLI, never a made-up one
+
+
+def test_no_events_yet_means_no_period_figures() -> None:
+    prom = fake()
+    prom.born = NOW + 1
+    r = results(Evaluator(slos(), prom).evaluate(NOW))
+    assert all(res.ok for res in r.values())
+    for res in r.values():
+        period = res.windows[res.slo.period.name]
+        assert period.total == 0 and period.sli is None and res.error_budget_remaining is None
+
+
+def test_a_failing_remainder_query_makes_its_slos_stale() -> None:
+    class FailRemainder(FakePrometheus):
+        def query(self, expr: str, at: float, **kw: object) -> list[Sample]:
+            if re.search(r"\d+ms[]:]", expr) and "nothing_total" not in expr:
+                raise QueryError("down", retryable=True)
+            return super().query(expr, at, **kw)  # type: ignore[arg-type]
+
+    base = fake()
+    prom = FailRemainder(counters=base.counters, gauges=base.gauges)
+    ev = Evaluator(slos(), prom, settle=0).evaluate(NOW)
+    r = results(ev)
+    assert ev.failed_queries == len(make_plan(slos()).batches) - 1
+    assert r["idle"].ok and not r["jobs-cpu"].ok and r["jobs-cpu"].windows == {}
+    assert "after the whole hours" in (r["jobs-cpu"].error or "")
+
+
+def test_no_remainder_query_on_the_hour() -> None:
+    prom = fake()
+    at = math.floor(NOW / HOUR) * HOUR
+    evaluator = Evaluator(slos(), prom, settle=0)
+    ev = evaluator.evaluate(at)
+    batches = len(evaluator.plan.batches)
+    assert ev.queries == 7 * batches + batches  # short windows and tiles only
+    cpu = results(ev)["jobs-cpu"]
+    assert cpu.windows["30d"].total == pytest.approx(30 * 86400)
+    assert cpu.remainder is not None and cpu.remainder.total == 0
+
+
+MONTH = 1_701_388_800  # 2023-12-01T00:00:00Z
+
+
+def test_calendar_month_starts_with_the_month_even_before_its_first_whole_hour() -> None:
+    spec = (
+        SPEC
+        + """  - id: month
+    objective: 99
+    period: calendar-month
+    sli:
+      ratio:
+        bad: hpcobs_slurm_jobs_finished_total{partition="cpu",cause="system"}
+        total: hpcobs_slurm_jobs_finished_total{partition="cpu"}
+"""
+    )
+    for at, tiles_end in ((MONTH + 60, MONTH - HOUR), (MONTH + 1800, MONTH)):
+        prom = fake()
+        evaluator = Evaluator(slos(spec), prom, settle=120)
+        ev = evaluator.evaluate(at)
+        assert ev.period_end == tiles_end
+        month, cpu = results(ev)["month"], results(ev)["jobs-cpu"]
+        w = month.windows["month"]
+        assert (w.start, w.end) == (MONTH, at)
+        assert w.total == pytest.approx(at - MONTH)  # not the last hour of November
+        assert month.remainder is not None and month.remainder.start == MONTH
+        assert cpu.windows["30d"].total == pytest.approx(30 * 86400 + at - tiles_end)
+        # one remainder query per metric, two on the metric the month uses while the month
+        # is younger than the settle time
+        extra = 1 if tiles_end < MONTH else 0
+        assert ev.queries == 8 * len(evaluator.plan.batches) + len(evaluator.plan.batches) + extra
 
 
 def test_prefilter_of_a_batch() -> None:

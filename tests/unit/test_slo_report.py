@@ -51,6 +51,7 @@ def test_table(evaluated: tuple[Evaluator, Any]) -> None:
         .startswith("error: ")
     )
     assert lines[-1].startswith("as of ") and f"{ev.queries} queries" in lines[-1]
+    assert "whole hours up to " in lines[-1] and "then the events since" in lines[-1]
 
 
 def test_json(evaluated: tuple[Evaluator, Any]) -> None:
@@ -71,7 +72,9 @@ def test_json(evaluated: tuple[Evaluator, Any]) -> None:
         "error_ratio": pytest.approx(0.1),
         "burn_rate": pytest.approx(10.0),
     }
-    assert len(cpu["burn_down"]) == 720
+    # the 720 whole hours, then the rest of the period up to the evaluation time
+    assert len(cpu["burn_down"]) == 721 and cpu["burn_down"][-1][0] == NOW
+    assert cpu["burn_down"][-1][1] == pytest.approx(cpu["error_budget_remaining"])
     assert by_id["lost"]["error"] and by_id["lost"]["windows"] == {}
     assert by_id["idle"]["windows"]["1h"]["sli"] is None
 
@@ -209,3 +212,18 @@ def test_cli_report_and_serve_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
     with pytest.raises(SystemExit) as info:
         main(["bogus"])
     assert info.value.code == 2
+
+
+def test_a_fresh_stack_reports_its_burn_not_no_data() -> None:
+    prom = fake()
+    prom.born = NOW - 600  # ten minutes of history: no whole hour yet
+    evaluator = Evaluator(slos(), prom)
+    ev = evaluator.evaluate(NOW)
+    r = results(ev)
+    assert status(r["jobs-cpu"]) == "page" and status(r["jobs-gpu"]) == "ok"
+    assert status(r["idle"]) == "no data"
+    row = next(line for line in render_table(ev).splitlines() if line.startswith("jobs-cpu "))
+    assert "-900.0%" in row  # the budget left, from the events of the last ten minutes
+    bd = burn_down(evaluator, r["jobs-cpu"])
+    assert bd is not None and bd.hours[-1] == NOW
+    assert bd.remaining[-1] == pytest.approx(r["jobs-cpu"].error_budget_remaining)
