@@ -111,7 +111,7 @@ def build() -> db.Dashboard:
             "sequence errors, ACK time-outs, receive buffer exhaustion), per second.",
             [
                 query(
-                    "sum by (node, device, port, counter) (rate(hpcobs_rdma_hw_counter_total{"
+                    "sum by (node, device, port, counter) (rate(hpcobs_rdma_hw_counters_total{"
                     f'{NODE}, counter=~"{HW_COUNTERS}"}}{RATE})) > 0',
                     "{{node}} {{device}}/{{port}} {{counter}}",
                 )

@@ -41,7 +41,7 @@ METRICS_USED: dict[str, str] = {
     "hpcobs_rdma_port_link_error_recovery_total": "rdma (contract): debug",
     "hpcobs_rdma_port_receive_errors_total": "rdma (contract): debug",
     "hpcobs_rdma_port_transmit_discards_total": "rdma (contract): debug",
-    "hpcobs_rdma_hw_counter_total": "rdma (contract): debug",
+    "hpcobs_rdma_hw_counters_total": "rdma (contract): debug",
     "hpcobs_rdma_port_receive_bytes_total": "rdma (contract): debug",
     "hpcobs_rdma_port_transmit_bytes_total": "rdma (contract): debug",
     # lustre collector

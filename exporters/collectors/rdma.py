@@ -7,7 +7,7 @@ Reads `<--path.sysfs>/class/infiniband/<device>/`:
 - per port `counters/*` (IB PMA counters; every file gets a metric: the well-known ones a
   named metric, the rest `hpcobs_rdma_port_counter_total{counter}`), `counters_ext/*` (64-bit
   counters of kernels before 4.5) and `hw_counters/*` (driver counters,
-  `hpcobs_rdma_hw_counter_total{counter}`);
+  `hpcobs_rdma_hw_counters_total{counter}`);
 - the port's netdevs (RoCE: `gid_attrs/ndevs/*`; IPoIB: `device/net/*` with `dev_port`), whose
   statistics, operstate, carrier and carrier_changes come from rtnetlink (`RTM_GETLINK`), and
   whose carrier losses a background listener counts as they happen
@@ -197,7 +197,7 @@ LEGACY_COUNTER = MetricDef(
     ("device", "port", "counter"),
 )
 HW_COUNTER = MetricDef(
-    "hpcobs_rdma_hw_counter_total",
+    "hpcobs_rdma_hw_counters_total",
     "counter",
     "Driver counters of the port's hw_counters/ folder, by file name (lifespan excluded).",
     ("device", "port", "counter"),

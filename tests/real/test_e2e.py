@@ -7,7 +7,9 @@ query of every dashboard panel returns data in this stack."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,16 @@ WITHOUT_DATA_HERE = {
 
 def queries_with_data(suite: Suite) -> set[tuple[str, str, str]]:
     return {q for q in dashboard_queries() if suite.prometheus.query(q[2])}
+
+
+def promtool_check_metrics(url: str) -> str:
+    """`promtool check metrics` on one scrape: its complaints (empty when clean)."""
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        body = resp.read()
+    result = subprocess.run(
+        ["promtool", "check", "metrics"], input=body, capture_output=True, timeout=60
+    )
+    return (result.stdout + result.stderr).decode().strip()
 
 
 def alertnames(payloads: list[dict[str, Any]]) -> list[tuple[str, dict[str, str]]]:
@@ -157,6 +169,10 @@ def test_node_failure_pages_through_the_whole_suite(suite: Suite) -> None:
     prom.wait_for("hpcobs_rdma_port_state != 4", timeout=30)
     time.sleep(2)
     with_data |= queries_with_data(suite)
+
+    # every daemon's exposition, with the failures in it, passes Prometheus' own linter
+    for daemon in (suite.node, suite.node_gpu, suite.slurm_exporter, suite.slo):
+        assert promtool_check_metrics(f"{daemon.url}/metrics") == "", daemon.name
     empty = [
         f"{dashboard} / {title}: {expr}"
         for dashboard, title, expr in dashboard_queries()

@@ -166,7 +166,7 @@ def test_fixture_tree_hw_counters_and_device_info(
     got = samples(make(collectors, fixture_sysfs).collect())
     hw = fixture_sysfs / "class/infiniband/mlx5_0/ports/1/hw_counters"
     for file in hw.iterdir():
-        hw_key = key("hpcobs_rdma_hw_counter_total", device="mlx5_0", port="1", counter=file.name)
+        hw_key = key("hpcobs_rdma_hw_counters_total", device="mlx5_0", port="1", counter=file.name)
         if file.name == "lifespan":  # the driver's cache time, not a counter
             assert hw_key not in got
             lifespan_key = key(
@@ -212,7 +212,7 @@ def test_four_hcas_two_ports(tmp_path: Path, collectors: list[RdmaCollector]) ->
         for file, raw in tree.hw[(dev, port)].items():
             if file != "lifespan":
                 counter_key = key(
-                    "hpcobs_rdma_hw_counter_total", device=dev, port=port, counter=file
+                    "hpcobs_rdma_hw_counters_total", device=dev, port=port, counter=file
                 )
                 assert got[counter_key] == raw
         assert got[key("hpcobs_rdma_port_rate_bytes_per_second", device=dev, port=port)] == 25e9
@@ -377,7 +377,7 @@ def test_bad_files_are_skipped_and_reported_once(
             assert key("hpcobs_rdma_port_vl15_dropped_total", **labels) not in got
             assert key("hpcobs_rdma_port_state", **labels) not in got
             assert key("hpcobs_rdma_port_rate_bytes_per_second", **labels) not in got
-            hw_key = key("hpcobs_rdma_hw_counter_total", **labels, counter="out_of_buffer")
+            hw_key = key("hpcobs_rdma_hw_counters_total", **labels, counter="out_of_buffer")
             assert hw_key not in got
             # everything else of that port, and the other ports, are there
             assert got[key("hpcobs_rdma_port_physical_state", **labels)] == 5
