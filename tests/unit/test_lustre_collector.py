@@ -858,3 +858,17 @@ def test_flags_build_the_collector(tmp_path: Path) -> None:
     assert collector.lctl.timeout == 2.0 and collector.max_jobs == 1000
     with pytest.raises(SystemExit):
         parse_args(parser, ["--collector.lustre.max-jobs=-1"])
+
+
+def test_job_samples_are_the_same_with_and_without_missing_values() -> None:
+    labels = [{"fs": "fs", "target": "fs-OST0000", "job_id": str(i)} for i in range(4)]
+    full = mod._job_samples("m", labels, [5, 0, 7, 2**70])  # every job has one: built in C
+    assert full == [
+        mod.Sample("m", lab, v) for lab, v in zip(labels, [5, 0, 7, 2**70], strict=True)
+    ]
+    assert all(type(s) is mod.Sample for s in full)
+    partial = mod._job_samples("m", labels, [5, None, 7, None])
+    assert partial == [mod.Sample("m", labels[0], 5), mod.Sample("m", labels[2], 7)]
+    assert mod._job_samples("m", [], []) == []
+    with pytest.raises(ValueError):
+        mod._job_samples("m", labels, [1, 2, 3])  # as zip(strict=True) would
