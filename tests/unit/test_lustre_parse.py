@@ -512,6 +512,9 @@ def test_job_io_fast_path_matches_the_line_parser(doc: tuple[str, list[dict[str,
     plain_quotes = all(
         '\\' not in j["job_id"] and '"' not in j["job_id"] and "#" not in j["job_id"]
         and j["job_id"].isascii() and j["job_id"].isprintable()
+        # a plain id may not start with a YAML indicator (the fast path leaves "-1" to the
+        # line parser, which reads it the same)
+        and not j["job_id"][:1].isspace() and j["job_id"][:1] not in "\"'[]{}&*!|>%@`#-"
         for j in jobs
     )  # fmt: skip
     if jobs and plain_quotes and "#" not in text:
@@ -744,3 +747,15 @@ def test_device_names_round_trip(fs: str, kind: str, index: int, instance: int) 
     )
     assert L.parse_target_name(f"{fs}-{target}-osc-MDT0000") is None
     assert L.parse_mount_name(f"{fs}-{sb}") == L.MountName(fs, sb)
+
+
+def test_an_id_starting_with_a_yaml_indicator_takes_the_line_parser() -> None:
+    text = (
+        "job_stats:\n- job_id:          -1\n  snapshot_time:   1510782606\n"
+        "  read_bytes:      { samples:           2, unit: bytes, min: 1, max: 9, sum: 10 }\n"
+        "  write_bytes:     { samples:           1, unit: bytes, min: 5, max: 5, sum: 5 }\n"
+    )
+    assert L._job_io_fast(text.encode()) is None
+    table = L.parse_job_io(text.encode())
+    assert table == L.job_io_table(L.parse_job_stats(text))
+    assert table.job_ids == ["-1"] and table.read_bytes == [10] and table.write_bytes == [5]
