@@ -3,9 +3,14 @@
  * timed the same way in C.
  *
  * Same method as the probe: warm-up, an iteration count fitted to a per-cell time budget
- * (agreed by MPI_Allreduce MAX, so every rank runs the same count), each iteration timed on
- * its own with MPI_Wtime, the slowest rank's time per iteration (MPI_Reduce MAX), then
- * min / p50 / p99 / max over iterations. Message sizes mean what they mean in the probe:
+ * (agreed by MPI_Allreduce MAX, so every rank runs the same count), timed samples with
+ * MPI_Wtime, the slowest rank's time per sample (MPI_Reduce MAX), then min / p50 / p99 / max
+ * over samples. Two variants: by default (-t 0) every sample is one call timed on its own,
+ * as the probe does; with -t BATCH_S (the bench's "C batch" uses 20e-6, for information),
+ * cells whose calls take less than BATCH_S are timed in samples of
+ * k = ceil(BATCH_S / per-call estimate) back-to-back calls (k <= -k MAX_BATCH, default 1000),
+ * one MPI_Wtime pair per sample, divided by k, and ITERS / k samples (at least MIN_ITERS).
+ * Message sizes mean what they mean in the probe:
  * bytes per rank (allreduce, bcast, allgather contribution, reduce_scatter input vector),
  * bytes per destination (alltoall); reductions sum doubles.
  *
@@ -14,7 +19,9 @@
  * doubles, so every page is real memory (not the shared zero page) and sums stay normal.
  *
  * Usage: mpirun -n N ./mpi_collectives [-b CELL_BUDGET_S] [-m MAX_ITERS] [-o OPS] [-s SIZES]
- * Output (rank 0): one line per cell, "op size_bytes iterations min p50 p99 max" (seconds).
+ *                                        [-t BATCH_S] [-k MAX_BATCH]
+ * Output (rank 0): one line per cell,
+ * "op size_bytes iterations min p50 p99 max calls_per_sample" (seconds per call).
  */
 #include <mpi.h>
 #include <stdio.h>
@@ -92,6 +99,9 @@ static double timed_batch(enum op op, long size, long iters) {
     return slowest;
 }
 
+static double batch_seconds = 0.0;
+static long max_batch = 1000;
+
 static void measure(enum op op, long size, double budget, long max_iters, long min_iters) {
     int count = (int)(size / 8);
     for (int r = 0; r < nranks; r++) recvcounts[r] = count / nranks + (r < count % nranks);
@@ -102,20 +112,32 @@ static void measure(enum op op, long size, double budget, long max_iters, long m
     long iters = (long)(0.9 * budget / (per > 1e-9 ? per : 1e-9));
     if (iters < min_iters) iters = min_iters;
     if (iters > max_iters) iters = max_iters;
-    double *mine = malloc(sizeof(double) * (size_t)iters);
-    double *slowest = malloc(sizeof(double) * (size_t)iters);
-    MPI_Barrier(MPI_COMM_WORLD);
-    for (long i = 0; i < iters; i++) {
-        double t0 = MPI_Wtime();
-        run_once(op, size);
-        mine[i] = MPI_Wtime() - t0;
+    long k = 1;
+    if (batch_seconds > 0 && per < batch_seconds) {
+        k = max_batch;
+        if (per > 0 && batch_seconds / per < (double)max_batch) {
+            k = (long)(batch_seconds / per); /* ceil without libm */
+            if ((double)k * per < batch_seconds) k++;
+        }
+        if (k > max_batch) k = max_batch;
+        if (k < 1) k = 1;
     }
-    MPI_Reduce(mine, slowest, (int)iters, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+    long n = iters / k;
+    if (n < min_iters) n = min_iters;
+    double *mine = malloc(sizeof(double) * (size_t)n);
+    double *slowest = malloc(sizeof(double) * (size_t)n);
+    MPI_Barrier(MPI_COMM_WORLD);
+    for (long i = 0; i < n; i++) {
+        double t0 = MPI_Wtime();
+        for (long j = 0; j < k; j++) run_once(op, size);
+        mine[i] = (MPI_Wtime() - t0) / (double)k;
+    }
+    MPI_Reduce(mine, slowest, (int)n, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
     if (rank == 0) {
-        qsort(slowest, (size_t)iters, sizeof(double), cmp_double);
-        printf("%s %ld %ld %.9e %.9e %.9e %.9e\n", OP_NAMES[op], op == BARRIER ? 0L : size, iters,
-               slowest[0], quantile(slowest, iters, 0.5), quantile(slowest, iters, 0.99),
-               slowest[iters - 1]);
+        qsort(slowest, (size_t)n, sizeof(double), cmp_double);
+        printf("%s %ld %ld %.9e %.9e %.9e %.9e %ld\n", OP_NAMES[op], op == BARRIER ? 0L : size,
+               n * k, slowest[0], quantile(slowest, n, 0.5), quantile(slowest, n, 0.99),
+               slowest[n - 1], k);
         fflush(stdout);
     }
     free(mine);
@@ -135,6 +157,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "-m")) max_iters = atol(argv[i + 1]);
         else if (!strcmp(argv[i], "-o")) snprintf(ops_arg, sizeof ops_arg, "%s", argv[i + 1]);
         else if (!strcmp(argv[i], "-s")) snprintf(sizes_arg, sizeof sizes_arg, "%s", argv[i + 1]);
+        else if (!strcmp(argv[i], "-t")) batch_seconds = atof(argv[i + 1]);
+        else if (!strcmp(argv[i], "-k")) max_batch = atol(argv[i + 1]);
     }
     long sizes[64];
     int nsizes = 0;
