@@ -9,8 +9,12 @@ from collections.abc import Sequence
 
 from hpcobs.exporters.probe.model import DEFAULT_SIZES, OPS
 from hpcobs.exporters.probe.topology import IDENTITY_MODES
-from hpcobs.exporters.runtime.cli import VersionAction, parse_args, parse_duration
-from hpcobs.exporters.runtime.log import FORMATS, LEVELS
+from hpcobs.exporters.runtime.cli import (
+    VersionAction,
+    add_logging_flags,
+    parse_args,
+    parse_duration,
+)
 
 PROGRAM = "hpcobs-mpi-probe"
 MAX_SIZE = 1 << 30
@@ -293,9 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         "http://collector:4318; /v1/metrics is appended unless a path is given)",
     )
 
-    logs = parser.add_argument_group("logging")
-    logs.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
-    logs.add_argument("--log.format", dest="log_format", choices=FORMATS, default="logfmt")
+    add_logging_flags(parser)
     return parser
 
 

@@ -134,10 +134,15 @@ def exporter_parser(program: str, description: str, default_listen: str) -> argp
         help="deadline for all collectors of one scrape (default 10s; Prometheus' "
         "scrape-timeout header lowers it)",
     )
+    add_logging_flags(parser)
+    return parser
+
+
+def add_logging_flags(parser: argparse.ArgumentParser) -> None:
+    """`--log.level` and `--log.format`, as every hpcobs program takes them."""
     logs = parser.add_argument_group("logging")
     logs.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
     logs.add_argument("--log.format", dest="log_format", choices=FORMATS, default="logfmt")
-    return parser
 
 
 def add_path_flags(parser: argparse.ArgumentParser) -> None:
