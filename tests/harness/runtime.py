@@ -9,7 +9,7 @@ import ssl
 import sys
 import threading
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -81,24 +81,52 @@ BIN = Path(sys.executable).parent
 
 
 class ExporterProcess:
-    """An hpcobs daemon (`hpcobs-node-exporter`, …) started from the venv on a free port."""
+    """An hpcobs daemon (`hpcobs-node-exporter`, …) started from the venv on a free port.
 
-    def __init__(self, program: str, args: Sequence[str | Path], workdir: Path) -> None:
+    `command` replaces the program's path as what is run (e.g. a launcher that fakes a library
+    first); `args` may still be extended before `launch()`. Ready when the port accepts (which
+    holds for TLS listeners too)."""
+
+    def __init__(
+        self,
+        program: str,
+        args: Sequence[str | Path],
+        workdir: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        command: Sequence[str | Path] | None = None,
+    ) -> None:
+        self.name = program
+        self.args = [str(a) for a in args]
+        self.command = [str(c) for c in command] if command is not None else [str(BIN / program)]
+        self.env = env
+        self.workdir = workdir
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        argv = [str(BIN / program), f"--web.listen-address={self.address}", *map(str, args)]
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.process = ManagedProcess(program, argv, workdir / f"{program}-{self.port}.log")
         self.url = f"http://{self.address}"
+        self.process: ManagedProcess | None = None
 
-    def start(self, timeout: float = 20.0) -> ExporterProcess:
+    def launch(self) -> ExporterProcess:
+        """Start the process without waiting (start several, then `wait_ready()` each)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        argv = [*self.command, f"--web.listen-address={self.address}", *self.args]
+        log = self.workdir / f"{self.name}-{self.port}.log"
+        self.process = ManagedProcess(self.name, argv, log, env=self.env)
         self.process.start()
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        assert self.process is not None, "launch() first"
 
         def accepting() -> bool:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                 return True
 
         self.process.wait_ready(accepting, timeout=timeout)
+
+    def start(self, timeout: float = 20.0) -> ExporterProcess:
+        self.launch()
+        self.wait_ready(timeout)
         return self
 
     def scrape(self, path: str = "/metrics") -> str:
@@ -106,7 +134,7 @@ class ExporterProcess:
             return resp.read().decode()
 
     def stop(self) -> int | None:
-        return self.process.stop()
+        return None if self.process is None else self.process.stop()
 
 
 @pytest.fixture

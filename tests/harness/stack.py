@@ -20,61 +20,23 @@ import shutil
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from harness.runtime import ExporterProcess
 from harness.servers import (
     Alertmanager,
-    ManagedProcess,
     Prometheus,
     Pushgateway,
     WebhookReceiver,
-    free_port,
 )
 from harness.slurm import SlurmCluster
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CLUSTER = "e2e"
-
-
-@dataclass
-class Daemon:
-    """An hpcobs daemon started from the venv on a free port, ready when /healthz answers."""
-
-    name: str
-    argv: list[str]
-    workdir: Path
-    env: dict[str, str] | None = None
-    port: int = field(default_factory=free_port)
-    process: ManagedProcess | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}"
-
-    def start(self) -> Daemon:
-        argv = [*self.argv, f"--web.listen-address={self.address}"]
-        self.process = ManagedProcess(
-            self.name, argv, self.workdir / f"{self.name}.log", env=self.env
-        )
-        self.process.start()
-        return self
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        assert self.process is not None
-        self.process.wait_ready(f"{self.url}/healthz", timeout=timeout)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
 
 
 def node_fixture_root(shared_fixtures: Path, dest: Path) -> Path:
@@ -166,10 +128,9 @@ class Suite:
         daemons.mkdir(exist_ok=True)
         # node1 in two processes: RDMA and Lustre on the fixture trees; GPUs (fake NVML at the
         # import boundary) and per-job attribution on this machine's /proc, where the jobs run
-        self.node = Daemon(
+        self.node = ExporterProcess(
             "hpcobs-node-exporter",
             [
-                str(BIN / "hpcobs-node-exporter"),
                 f"--path.sysfs={self.node_root / 'sys'}",
                 f"--path.procfs={self.node_root / 'proc'}",
                 "--collector.disable-defaults",
@@ -178,27 +139,28 @@ class Suite:
             ],
             daemons,
         )
-        self.node_gpu = Daemon(
-            "hpcobs-node-exporter-gpu",
+        self.node_gpu = ExporterProcess(
+            "hpcobs-node-exporter",
             [
-                sys.executable,
-                str(REPO / "tests" / "fakes" / "gpu_node.py"),
-                "--xid=3:79:3",
-                "--xid-burst=3:79:10",
-                "--lose-on-signal=7",
-                f"--processes-file={self.gpu_processes}",
-                "--",
                 "--collector.disable-defaults",
                 "--collector.gpu",
                 "--collector.jobs",
                 f"--collector.gpu.job-mapping-dir={self.gpu_jobs}",
             ],
             daemons,
+            command=[
+                sys.executable,
+                REPO / "tests" / "fakes" / "gpu_node.py",
+                "--xid=3:79:3",
+                "--xid-burst=3:79:10",
+                "--lose-on-signal=7",
+                f"--processes-file={self.gpu_processes}",
+                "--",
+            ],
         )
-        self.slurm_exporter = Daemon(
+        self.slurm_exporter = ExporterProcess(
             "hpcobs-slurm-exporter",
             [
-                str(BIN / "hpcobs-slurm-exporter"),
                 f"--slurm.conf={self.slurm.conf_path}",
                 "--slurm.poll-interval=1s",
                 f"--slurm.state-file={self.workdir / 'slurm-state.json'}",
@@ -212,19 +174,15 @@ class Suite:
             self.started.append(server)
         self.gpu_processes.write_text("")
         for daemon in (self.node, self.node_gpu, self.slurm_exporter):
-            daemon.start()
+            daemon.launch()
             self.started.append(daemon)
 
         # the SLO daemon's port goes into Prometheus' config; Prometheus' URL into its flags
-        self.slo = Daemon(
+        self.slo = ExporterProcess(
             "hpcobs-slo",
-            [
-                str(BIN / "hpcobs-slo"),
-                "serve",
-                f"--eval-interval={self.eval_interval}",
-                str(self.slo_spec),
-            ],
+            [f"--eval-interval={self.eval_interval}", self.slo_spec],
             daemons,
+            command=[BIN / "hpcobs-slo", "serve"],
         )
         self.prometheus = Prometheus(
             self.workdir / "prometheus",
@@ -234,8 +192,8 @@ class Suite:
         )
         self.prometheus.start(wait=True)
         self.started.append(self.prometheus)
-        self.slo.argv.append(f"--prometheus.url={self.prometheus.url}")
-        self.slo.start()
+        self.slo.args.append(f"--prometheus.url={self.prometheus.url}")
+        self.slo.launch()
         self.started.append(self.slo)
         for server in (self.alertmanager, self.pushgateway):
             server.wait_ready()
