@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import base64
 import gzip
 import socket
 import ssl
@@ -13,7 +12,7 @@ import pytest
 from hpcobs.exporters.runtime.webconfig import WebConfig, load_web_config
 
 from harness.collectors import RaisingCollector, SleepingCollector, StaticCollector
-from harness.runtime import Running
+from harness.runtime import Running, basic_header
 from harness.tls import TLSMaterial, bcrypt_hash, make_tls_material
 
 pytestmark = pytest.mark.unit
@@ -91,10 +90,6 @@ def test_prometheus_scrape_timeout_header_shortens_deadline() -> None:
         running.stop()
 
 
-def basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-
-
 def test_basic_auth_required_everywhere() -> None:
     web = WebConfig(users={"prom": bcrypt_hash("pw").encode()})
     running = Running([StaticCollector()], web=web)
@@ -102,8 +97,8 @@ def test_basic_auth_required_everywhere() -> None:
         for path in ("/metrics", "/", "/healthz"):
             status, headers, _ = running.get(path)
             assert status == 401 and headers["www-authenticate"].startswith("Basic")
-        assert running.get("/metrics", basic("prom", "bad"))[0] == 401
-        assert running.get("/metrics", basic("prom", "pw"))[0] == 200
+        assert running.get("/metrics", basic_header("prom", "bad"))[0] == 401
+        assert running.get("/metrics", basic_header("prom", "pw"))[0] == 200
     finally:
         running.stop()
 
