@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 DEBS=(prometheus prometheus-alertmanager prometheus-pushgateway prometheus-node-exporter
       slurm-wlm slurmctld slurmd slurm-client munge openmpi-bin libopenmpi-dev
-      iproute2 openssl systemd procps)
+      gcc python3-dev iproute2 openssl systemd procps)
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
 
@@ -36,7 +36,7 @@ if [[ ! -x .venv/bin/python ]]; then
     "$PY" -m venv .venv
 fi
 stamp=.venv/.hpcobs-installed
-want=$(cat pyproject.toml setup.py | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml setup.py exporters/probe/_timedloop.c | sha256sum | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
     log "installing hpcobs (editable) with extras dev,probe"
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null

@@ -22,6 +22,7 @@ from hpcobs.exporters.probe.measure import EarlyExit, Hooks, Plan, Prober
 from hpcobs.exporters.probe.model import ProbeResult
 from hpcobs.exporters.probe.outputs import Delivery, Targets, deliver, write_textfile
 from hpcobs.exporters.probe.report import json_document, summary_lines
+from hpcobs.exporters.probe.timedloop import Timer, TimerUnavailable, choose
 from hpcobs.exporters.probe.verdict import (
     EXIT_FAILED,
     Baseline,
@@ -94,11 +95,16 @@ def finish(result: ProbeResult, baseline: Baseline | None, args: argparse.Namesp
             len(result.nodes),
             args.tolerance,
             args.tolerance_min_seconds,
+            timer=result.timer,
         )
     deliveries: list[Delivery] = []
     if args.write_baseline:
         new = make_baseline(
-            result.p50_by_cell(), result.ranks, len(result.nodes), result.finished_unix
+            result.p50_by_cell(),
+            result.ranks,
+            len(result.nodes),
+            result.finished_unix,
+            timer=result.timer,
         )
         target = Path(args.write_baseline)
         try:
@@ -152,6 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             problem = str(exc)
     watchdog.enter("start-up")
     problem = comm.bcast(problem, root=0)
+    timer: Timer | None = None
+    if not problem:
+        try:
+            timer = choose(args.timer, MPI, comm)  # a collective: every rank decides the same
+        except TimerUnavailable as exc:
+            problem = f"--timer compiled: {exc}"
     if problem:
         watchdog.disarm()
         if rank == 0:
@@ -166,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.monotonic()
     try:
-        result = Prober(comm, plan_from(args), Hooks.from_env(os.environ), watchdog).run()
+        result = Prober(comm, plan_from(args), Hooks.from_env(os.environ), watchdog, timer).run()
     except EarlyExit as exc:  # test hook: leave without telling the other ranks
         watchdog.disarm()
         log.warning("leaving early", extra={"rank": rank, "reason": str(exc)})

@@ -8,6 +8,7 @@ import re
 from collections.abc import Sequence
 
 from hpcobs.exporters.probe.model import DEFAULT_SIZES, OPS
+from hpcobs.exporters.probe.timedloop import TIMER_CHOICES
 from hpcobs.exporters.probe.topology import IDENTITY_MODES
 from hpcobs.exporters.runtime.cli import (
     VersionAction,
@@ -188,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
         "or auto (hosts when ranks span several, else ranks; default auto)",
     )
 
+    m.add_argument(
+        "--timer",
+        choices=TIMER_CHOICES,
+        default="auto",
+        help="timing loop: compiled (the C extension calls MPI, no interpreter between "
+        "calls), python (perf_counter around each mpi4py call), or auto (compiled where "
+        "built on every rank, else python; default auto)",
+    )
     m.add_argument(
         "--mpi.thread-level",
         dest="mpi_thread_level",

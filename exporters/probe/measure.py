@@ -1,20 +1,21 @@
 """The timed part of the probe: calibration, collectives, pairwise ping-pong (runs on every rank).
 
-Timing. Every iteration is timed on its own (`perf_counter` around one mpi4py call with
-numpy buffers: no pickling in timed loops). Each (op, size) cell gets a warm-up, an
-iteration count fitted to its share of `--budget-seconds` (the warm-up's per-iteration time,
-agreed across ranks with an Allreduce MAX so every rank runs the same count), a barrier, and
-the timed loop. Rank 0 gathers every rank's samples and keeps, per iteration, the slowest
-rank's time: a collective is as fast as its slowest rank.
+Timing. Every iteration is timed on its own: one MPI call on numpy buffers between two clock
+reads (no pickling in timed loops), by the compiled loop or by the Python loop (`timedloop`,
+`--timer`). Each (op, size) cell gets a warm-up, an iteration count fitted to its share of
+`--budget-seconds` (the warm-up's per-iteration time, agreed across ranks with an Allreduce
+MAX so every rank runs the same count), a barrier, and the timed loop. Rank 0 gathers every
+rank's samples and keeps, per iteration, the slowest rank's time: a collective is as fast
+as its slowest rank.
 
-Calibration. Python + mpi4py cost about 0.5–1 µs per call, more than a shared-memory
-collective itself. Right before each cell's timed loop, the same timed loop runs around the
-same mpi4py method on a duplicate of `MPI_COMM_SELF` with zero-length buffers: MPI returns
-from those at once, so the loop measures everything but the communication (interpreter,
-timer, mpi4py's argument and buffer handling, MPI's entry). The median of that no-op loop
-(the lowest of three batches of 500) is the rank's overhead for the cell; corrected samples
-are the raw ones minus the rank's overhead, floored at zero. Calibrating per cell, not once
-per run, keeps the correction in step with the machine (clock frequency, neighbours).
+Calibration. Right before each cell's timed loop, the same timed loop runs around the same
+MPI function on a duplicate of `MPI_COMM_SELF` with zero-length buffers: MPI returns from
+those at once, so the loop measures everything but the communication (clock reads, and in
+the Python loop the interpreter and mpi4py's argument handling: 0.3–0.5 µs per call; in the
+compiled loop a few tens of ns). The median of that no-op loop (the lowest of three batches
+of 500) is the rank's overhead for the cell; corrected samples are the raw ones minus the
+rank's overhead, floored at zero. Calibrating per cell, not once per run, keeps the
+correction in step with the machine (clock frequency, neighbours).
 
 Pairwise. The node leaders (see `topology`) meet in round-robin rounds; in each round every
 pair runs an 8-byte ping-pong (latency: half the round trip) and a `--pairwise.bytes`
@@ -34,7 +35,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,7 @@ from hpcobs.exporters.probe.stats import (
     summarize,
     worst_pairs,
 )
+from hpcobs.exporters.probe.timedloop import Call, Timer, choose
 from hpcobs.exporters.probe.topology import (
     Identities,
     IdentityMode,
@@ -126,70 +128,6 @@ def node_name(env: Mapping[str, str]) -> str:
     return env.get(NODE_NAME_ENV, "").strip() or socket.gethostname()
 
 
-# -- timed loops -----------------------------------------------------------------------------
-# One function per call arity, so the timed window holds nothing but the call itself and two
-# perf_counter() reads; the no-op calibration runs the very same functions.
-
-
-def _timed0(fn: Callable[[], Any], n: int) -> list[float]:
-    pc = time.perf_counter
-    out = [0.0] * n
-    for i in range(n):
-        t0 = pc()
-        fn()
-        out[i] = pc() - t0
-    return out
-
-
-def _timed1(fn: Callable[[Any], Any], a: Any, n: int) -> list[float]:
-    pc = time.perf_counter
-    out = [0.0] * n
-    for i in range(n):
-        t0 = pc()
-        fn(a)
-        out[i] = pc() - t0
-    return out
-
-
-def _timed2(fn: Callable[[Any, Any], Any], a: Any, b: Any, n: int) -> list[float]:
-    pc = time.perf_counter
-    out = [0.0] * n
-    for i in range(n):
-        t0 = pc()
-        fn(a, b)
-        out[i] = pc() - t0
-    return out
-
-
-def _timed3(fn: Callable[[Any, Any, Any], Any], a: Any, b: Any, c: Any, n: int) -> list[float]:
-    pc = time.perf_counter
-    out = [0.0] * n
-    for i in range(n):
-        t0 = pc()
-        fn(a, b, c)
-        out[i] = pc() - t0
-    return out
-
-
-@dataclass(frozen=True)
-class Call:
-    """One collective call, bound to its buffers."""
-
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-
-    def run(self, n: int) -> list[float]:
-        if n <= 0:
-            return []
-        if len(self.args) == 0:
-            return _timed0(self.fn, n)
-        if len(self.args) == 1:
-            return _timed1(self.fn, self.args[0], n)
-        if len(self.args) == 2:
-            return _timed2(self.fn, self.args[0], self.args[1], n)
-        return _timed3(self.fn, self.args[0], self.args[1], self.args[2], n)
-
-
 def split_counts(count: int, parts: int) -> list[int]:
     """`count` elements over `parts` ranks, as evenly as possible (first ranks get more)."""
     return [count // parts + (1 if r < count % parts else 0) for r in range(parts)]
@@ -245,7 +183,12 @@ class _Cell:
 
 class Prober:
     def __init__(
-        self, comm: MPI.Intracomm, plan: Plan, hooks: Hooks, watchdog: Watchdog | None = None
+        self,
+        comm: MPI.Intracomm,
+        plan: Plan,
+        hooks: Hooks,
+        watchdog: Watchdog | None = None,
+        timer: Timer | None = None,
     ) -> None:
         import numpy as np
         from mpi4py import MPI as mpi
@@ -259,6 +202,7 @@ class Prober:
         self.hooks = hooks
         self.watchdog = watchdog
         self.self_comm = mpi.COMM_SELF.Dup()
+        self.timer = timer if timer is not None else choose("auto", mpi, comm)
         wanted = [
             (op, size)
             for op in plan.ops
@@ -293,63 +237,14 @@ class Prober:
         while not request.Test():
             time.sleep(0.0002)
 
-    def _spec(self, array: Any, datatype: Any) -> tuple[Any, Any]:
-        """A (buffer, datatype) message over a numpy array: mpi4py handles this form with
-        less work per call than a bare ndarray (no buffer-format lookup), which lowers the
-        Python overhead and the cache footprint between the MPI calls."""
-        return (self.MPI.buffer(array), datatype)
-
     def call(self, op: str, size: int) -> Call:
-        mpi, comm, spec = self.MPI, self.comm, self._spec
-        if op == "barrier":
-            return Call(comm.Barrier, ())
-        if op == "bcast":
-            return Call(comm.Bcast, (spec(self.send[:size], mpi.BYTE),))
-        if op == "allreduce":
-            return Call(
-                comm.Allreduce,
-                (spec(self.send[:size], mpi.DOUBLE), spec(self.recv[:size], mpi.DOUBLE)),
-            )
-        if op == "allgather":
-            return Call(
-                comm.Allgather,
-                (spec(self.send[:size], mpi.BYTE), spec(self.recv[: size * self.size], mpi.BYTE)),
-            )
-        if op == "alltoall":
-            n = size * self.size
-            return Call(
-                comm.Alltoall, (spec(self.send[:n], mpi.BYTE), spec(self.recv[:n], mpi.BYTE))
-            )
-        if op == "reduce_scatter":
-            counts = split_counts(size // 8, self.size)
-            mine = counts[self.rank] * 8
-            return Call(
-                comm.Reduce_scatter,
-                (spec(self.send[:size], mpi.DOUBLE), spec(self.recv[:mine], mpi.DOUBLE), counts),
-            )
-        raise ValueError(f"unknown op {op!r}")
+        counts = split_counts(size // 8, self.size) if op == "reduce_scatter" else ()
+        return self.timer.collective(self.comm, op, self.send, self.recv, size, counts)
 
     def noop_call(self, op: str) -> Call:
-        """The same mpi4py method, same message form, on MPI_COMM_SELF with empty buffers:
-        MPI returns at once, nothing is communicated."""
-        np, mpi, comm, spec = self.np, self.MPI, self.self_comm, self._spec
-        empty = np.zeros(0, dtype=np.uint8)
-        if op == "barrier":
-            return Call(comm.Barrier, ())
-        if op == "bcast":
-            return Call(comm.Bcast, (spec(empty, mpi.BYTE),))
-        double = mpi.DOUBLE if op in ("allreduce", "reduce_scatter") else mpi.BYTE
-        pair = (spec(empty, double), spec(empty.copy(), double))
-        if op in ("allreduce", "allgather", "alltoall"):
-            fn = {
-                "allreduce": comm.Allreduce,
-                "allgather": comm.Allgather,
-                "alltoall": comm.Alltoall,
-            }
-            return Call(fn[op], pair)
-        if op == "reduce_scatter":
-            return Call(comm.Reduce_scatter, (*pair, [0]))
-        raise ValueError(f"unknown op {op!r}")
+        """The same MPI function, same message form, on MPI_COMM_SELF with zero-length
+        buffers: MPI returns at once, nothing is communicated."""
+        return self.timer.collective(self.self_comm, op, self.send, self.recv, 0, [0])
 
     # -- phases --------------------------------------------------------------------------
     def calibrate(self, op: str, iterations: int = 500, batches: int = 3) -> float:
@@ -550,6 +445,7 @@ class Prober:
             worst_pairs=worst_results,
             pairwise_rounds=rounds,
             skipped_cells=list(self.skipped),
+            timer=self.timer.name,
         )
         return result
 

@@ -85,6 +85,7 @@ class ProbeResult:
     worst_pairs: list[PairResult] = field(default_factory=list)
     pairwise_rounds: int = 0
     skipped_cells: list[tuple[str, int]] = field(default_factory=list)  # buffers too large
+    timer: str = "python"  # the timing loop: "compiled" or "python" (see timedloop)
 
     @property
     def duration_seconds(self) -> float:
@@ -110,8 +111,9 @@ class ProbeResult:
             "finished_unix": self.finished_unix,
             "duration_seconds": self.duration_seconds,
             "budget_seconds": self.budget_seconds,
+            "timer": self.timer,
             "calibration": {
-                "method": "median time of the same timed loop around the same mpi4py call on "
+                "method": "median time of the same timed loop around the same MPI call on "
                 "MPI_COMM_SELF with zero-length buffers (no communication); subtracted per rank",
                 "overhead_seconds": self.overhead_seconds,
                 "overhead_seconds_per_rank": self.overhead_per_rank,

@@ -44,7 +44,7 @@ def summary_lines(
         low, high = min(result.overhead_seconds.values()), max(result.overhead_seconds.values())
         lines.append(
             f"  calibration: {format_seconds(low)}–{format_seconds(high)} per call subtracted "
-            "(same loop around a no-op call on MPI_COMM_SELF)"
+            f"(same {result.timer} timing loop around a no-op call on MPI_COMM_SELF)"
         )
     slowest = result.slowest_node()
     if slowest is not None and result.worst_pairs:

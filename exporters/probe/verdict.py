@@ -1,10 +1,12 @@
 """Baselines and the verdict, as pure functions (text in, text out; no files, no MPI).
 
 A baseline is a JSON document holding the corrected p50 latency of every (op, size) cell of
-a run, with the rank and node counts it was taken at:
+a run, with the rank and node counts it was taken at and the timing loop that measured it:
 
     {"format": "hpcobs-mpi-probe-baseline/1", "created_unix": 1.7e9, "ranks": 4, "nodes": 4,
-     "p50_seconds": {"allreduce/8": 4.1e-07, "barrier/0": 9.0e-07, ...}}
+     "timer": "compiled", "p50_seconds": {"allreduce/8": 4.1e-07, "barrier/0": 9.0e-07, ...}}
+
+(A baseline without "timer" predates the compiled loop: it was measured in Python.)
 
 `compare` flags a cell as a regression when
 
@@ -13,7 +15,8 @@ a run, with the rank and node counts it was taken at:
 (the absolute slack keeps sub-microsecond cells from flapping on scheduler noise). Cells only
 one side has are listed, not judged. A baseline taken at another rank or node count is not
 comparable: collective latency depends on both, so that is a probe failure (exit 2), not a
-silent pass.
+silent pass. So is a baseline measured with the other timing loop: the Python loop's small
+cells read 0.1 µs or more slower than the compiled loop's.
 
 Exit codes: 0 healthy, 1 at least one regression, 2 the probe itself failed.
 """
@@ -31,6 +34,7 @@ EXIT_REGRESSION = 1
 EXIT_FAILED = 2
 
 BASELINE_FORMAT = "hpcobs-mpi-probe-baseline/1"
+TIMERS = ("compiled", "python")
 
 Cell = tuple[str, int]
 
@@ -52,6 +56,7 @@ class Baseline:
     nodes: int
     created_unix: float
     p50_seconds: dict[Cell, float]
+    timer: str = "python"
 
 
 def _finite_nonnegative(value: Any, what: str) -> float:
@@ -63,13 +68,23 @@ def _finite_nonnegative(value: Any, what: str) -> float:
     return number
 
 
+def _timer(value: Any) -> str:
+    if value not in TIMERS:
+        raise ValueError(f"timer must be one of {', '.join(map(repr, TIMERS))}, not {value!r}")
+    return str(value)
+
+
 def make_baseline(
-    p50_seconds: Mapping[Cell, float], ranks: int, nodes: int, created_unix: float
+    p50_seconds: Mapping[Cell, float],
+    ranks: int,
+    nodes: int,
+    created_unix: float,
+    timer: str = "python",
 ) -> Baseline:
     figures = {
         cell: _finite_nonnegative(v, cell_key(cell)) for cell, v in sorted(p50_seconds.items())
     }
-    return Baseline(ranks, nodes, created_unix, figures)
+    return Baseline(ranks, nodes, created_unix, figures, _timer(timer))
 
 
 def dumps_baseline(baseline: Baseline) -> str:
@@ -78,6 +93,7 @@ def dumps_baseline(baseline: Baseline) -> str:
         "created_unix": baseline.created_unix,
         "ranks": baseline.ranks,
         "nodes": baseline.nodes,
+        "timer": baseline.timer,
         "p50_seconds": {cell_key(c): v for c, v in sorted(baseline.p50_seconds.items())},
     }
     return json.dumps(doc, indent=2, sort_keys=False) + "\n"
@@ -106,7 +122,7 @@ def loads_baseline(text: str) -> Baseline:
     parsed: dict[Cell, float] = {}
     for key, value in figures.items():
         parsed[parse_cell_key(str(key))] = _finite_nonnegative(value, f"p50_seconds[{key!r}]")
-    return Baseline(counts[0], counts[1], created, parsed)
+    return Baseline(counts[0], counts[1], created, parsed, _timer(doc.get("timer", "python")))
 
 
 @dataclass(frozen=True)
@@ -164,10 +180,21 @@ def compare(
     nodes: int,
     tolerance: float,
     min_slack_seconds: float = 0.0,
+    timer: str | None = None,
 ) -> Verdict:
-    """Judge the current corrected p50 figures against a baseline."""
+    """Judge the current corrected p50 figures (measured with `timer`) against a baseline."""
     tolerance = _finite_nonnegative(tolerance, "tolerance")
     min_slack_seconds = _finite_nonnegative(min_slack_seconds, "minimum slack")
+    if timer is not None and baseline.timer != timer:
+        return Verdict(
+            EXIT_FAILED,
+            problem=(
+                f"baseline was measured with the {baseline.timer} timing loop, this run with "
+                f"the {timer} loop: not comparable (write a new baseline, or run with "
+                f"--timer {baseline.timer})"
+            ),
+            compared=True,
+        )
     if baseline.ranks != ranks or baseline.nodes != nodes:
         return Verdict(
             EXIT_FAILED,

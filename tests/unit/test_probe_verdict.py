@@ -19,11 +19,13 @@ seconds = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 figures = st.dictionaries(cells, seconds, min_size=1, max_size=20)
 
 
-@given(figures, st.integers(1, 4096), st.integers(1, 4096))
-def test_baseline_round_trips(p50: dict[tuple[str, int], float], ranks: int, nodes: int) -> None:
-    base = v.make_baseline(p50, ranks, nodes, 1.7e9)
+@given(figures, st.integers(1, 4096), st.integers(1, 4096), st.sampled_from(v.TIMERS))
+def test_baseline_round_trips(
+    p50: dict[tuple[str, int], float], ranks: int, nodes: int, timer: str
+) -> None:
+    base = v.make_baseline(p50, ranks, nodes, 1.7e9, timer=timer)
     again = v.loads_baseline(v.dumps_baseline(base))
-    assert again == base
+    assert again == base and again.timer == timer
 
 
 @given(st.text(max_size=300))
@@ -58,6 +60,7 @@ def test_a_bad_baseline_names_the_problem() -> None:
         (lambda d: d.update(p50_seconds={}), "p50_seconds"),
         (lambda d: d["p50_seconds"].update({"allreduce/8": -1}), "allreduce/8"),
         (lambda d: d["p50_seconds"].update({"nonsense": 1.0}), "nonsense"),
+        (lambda d: d.update(timer="rdtsc"), "timer"),
     ]:
         doc = json.loads(json.dumps(good))
         mutate(doc)
@@ -93,6 +96,24 @@ def test_the_same_figures_are_healthy_and_much_slower_ones_regress(
     assert len(verdict.regressions) == len(p50)
 
 
+def test_a_baseline_without_a_timer_was_measured_in_python() -> None:
+    doc = json.loads(v.dumps_baseline(v.make_baseline({("allreduce", 8): 1e-6}, 2, 2, 0.0)))
+    del doc["timer"]
+    assert v.loads_baseline(json.dumps(doc)).timer == "python"
+
+
+def test_a_baseline_from_the_other_timing_loop_is_a_probe_failure() -> None:
+    base = v.make_baseline({("allreduce", 8): 3e-7}, 2, 2, 0.0, timer="python")
+    same = v.compare(base, {("allreduce", 8): 3e-7}, 2, 2, 0.3, timer="python")
+    assert same.exit_code == v.EXIT_HEALTHY
+    other = v.compare(base, {("allreduce", 8): 3e-7}, 2, 2, 0.3, timer="compiled")
+    assert other.exit_code == v.EXIT_FAILED and not other.comparisons
+    assert "measured with the python timing loop, this run with the compiled loop" in (
+        other.problem
+    )
+    assert "--timer python" in other.problem
+
+
 def test_other_shape_or_no_shared_cell_is_a_probe_failure() -> None:
     base = v.make_baseline({("allreduce", 8): 1e-6}, 4, 4, 0.0)
     other_shape = v.compare(base, {("allreduce", 8): 1e-6}, 2, 2, 0.3)
@@ -124,6 +145,7 @@ def test_a_real_baseline_file_loads_and_judges(repo_root: Path) -> None:
     """tests/data/probe/baseline-2n-2r.json: written by a 2-rank run (Open MPI 4.1.4)."""
     base = v.loads_baseline((repo_root / "tests/data/probe/baseline-2n-2r.json").read_text())
     assert (base.ranks, base.nodes) == (2, 2)
+    assert base.timer == "python"  # written before the compiled loop existed: no "timer"
     ops = {op for op, _ in base.p50_seconds}
     assert ops == {"allreduce", "bcast", "allgather", "alltoall", "reduce_scatter", "barrier"}
     assert len(base.p50_seconds) == 5 * 11 + 1

@@ -1,0 +1,273 @@
+"""The probe's two timing loops: compiled (the default where built) and Python.
+
+Both time every call on its own and return one sample per call; `measure` uses whichever
+the run chose, for the collectives and for their no-op calibration alike.
+
+- **python**: `perf_counter()` around one mpi4py call per iteration (numpy buffers, no
+  pickling). Between two calls the interpreter and mpi4py's argument handling run for about
+  0.4 µs; that delay and its footprint in the caches slow the next small collective itself,
+  which no calibration can subtract (see docs/probe.md): corrected 8-byte figures stay
+  1.2–1.4 × a C loop's.
+- **compiled**: the C extension `_timedloop` runs the loop. The communicators, datatypes,
+  ops and numpy buffers are mpi4py's and numpy's; Python resolves the MPI functions' addresses
+  in the very library mpi4py loaded (through the mpi4py extension module's own dependency
+  list, so it can never pick another MPI) and passes the handles mpi4py holds. Nothing runs
+  between two calls but the clock reads, as in a C benchmark.
+
+`choose` turns `--timer auto|compiled|python` into a `Timer`; `auto` falls back to python
+(with a warning) where the extension was not built or the MPI functions cannot be found.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Literal
+
+log = logging.getLogger("hpcobs.probe")
+
+TimerName = Literal["compiled", "python"]
+TIMER_CHOICES = ("auto", "compiled", "python")
+
+# the extension's call kinds (see _timedloop.c)
+KIND_BARRIER, KIND_BCAST, KIND_ALLREDUCE, KIND_EXCHANGE, KIND_REDUCE_SCATTER, KIND_TEST = range(6)
+
+_MPI_FUNCTIONS = {
+    "barrier": ("MPI_Barrier", KIND_BARRIER),
+    "bcast": ("MPI_Bcast", KIND_BCAST),
+    "allreduce": ("MPI_Allreduce", KIND_ALLREDUCE),
+    "allgather": ("MPI_Allgather", KIND_EXCHANGE),
+    "alltoall": ("MPI_Alltoall", KIND_EXCHANGE),
+    "reduce_scatter": ("MPI_Reduce_scatter", KIND_REDUCE_SCATTER),
+}
+
+
+class TimerUnavailable(RuntimeError):
+    """The compiled loop cannot run here; the message says why."""
+
+
+def load_extension() -> ModuleType:
+    try:
+        return importlib.import_module("hpcobs.exporters.probe._timedloop")
+    except ImportError as exc:
+        raise TimerUnavailable(
+            "the compiled timing loop (hpcobs.exporters.probe._timedloop) is not built: "
+            "reinstall hpcobs where a C compiler is available"
+        ) from exc
+
+
+# -- the two loops ---------------------------------------------------------------------------
+
+
+def _python_loop(fn: Callable[..., Any], args: tuple[Any, ...], n: int) -> list[float]:
+    import time
+
+    pc = time.perf_counter
+    out = [0.0] * n
+    # one body per arity, so the timed window holds the call and two clock reads only
+    if len(args) == 0:
+        for i in range(n):
+            t0 = pc()
+            fn()
+            out[i] = pc() - t0
+    elif len(args) == 1:
+        (a,) = args
+        for i in range(n):
+            t0 = pc()
+            fn(a)
+            out[i] = pc() - t0
+    elif len(args) == 2:
+        a, b = args
+        for i in range(n):
+            t0 = pc()
+            fn(a, b)
+            out[i] = pc() - t0
+    else:
+        a, b, c = args
+        for i in range(n):
+            t0 = pc()
+            fn(a, b, c)
+            out[i] = pc() - t0
+    return out
+
+
+@dataclass(frozen=True)
+class PythonCall:
+    """One mpi4py call bound to its (buffer, datatype) messages."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+
+    def run(self, n: int) -> list[float]:
+        return _python_loop(self.fn, self.args, n) if n > 0 else []
+
+
+@dataclass(frozen=True)
+class CompiledCall:
+    """One MPI function bound to integer arguments, run by the extension."""
+
+    extension: ModuleType
+    kind: int
+    handle_bytes: int
+    address: int
+    args: tuple[int, ...]
+    keep: tuple[Any, ...]  # the buffers and handles' owners the addresses point into
+    error: Callable[[int], Exception]
+
+    def run(self, n: int) -> list[float]:
+        if n <= 0:
+            return []
+        import numpy as np
+
+        out = np.empty(n, dtype=np.float64)
+        rc = self.extension.run(self.kind, self.handle_bytes, self.address, self.args, out)
+        if rc:
+            raise self.error(rc)
+        return list(out.tolist())
+
+
+Call = PythonCall | CompiledCall
+
+
+class Timer:
+    """Builds timed calls for one op: the real one, and the calibration no-op."""
+
+    name: TimerName
+
+    def collective(
+        self, comm: Any, op: str, send: Any, recv: Any, size: int, counts: Sequence[int]
+    ) -> Call:
+        raise NotImplementedError
+
+
+class PythonTimer(Timer):
+    name: TimerName = "python"
+
+    def __init__(self, mpi: ModuleType) -> None:
+        self.MPI = mpi
+
+    def _spec(self, array: Any, datatype: Any) -> tuple[Any, Any]:
+        """(buffer, datatype): mpi4py does less per call for this form than for a bare
+        ndarray (no buffer-format lookup)."""
+        return (self.MPI.buffer(array), datatype)
+
+    def collective(
+        self, comm: Any, op: str, send: Any, recv: Any, size: int, counts: Sequence[int]
+    ) -> Call:
+        mpi, spec, n = self.MPI, self._spec, comm.Get_size()
+        if op == "barrier":
+            return PythonCall(comm.Barrier, ())
+        if op == "bcast":
+            return PythonCall(comm.Bcast, (spec(send[:size], mpi.BYTE),))
+        if op == "allreduce":
+            return PythonCall(
+                comm.Allreduce, (spec(send[:size], mpi.DOUBLE), spec(recv[:size], mpi.DOUBLE))
+            )
+        if op in ("allgather", "alltoall"):
+            fn = comm.Allgather if op == "allgather" else comm.Alltoall
+            sent = size if op == "allgather" else size * n
+            return PythonCall(fn, (spec(send[:sent], mpi.BYTE), spec(recv[: size * n], mpi.BYTE)))
+        if op == "reduce_scatter":
+            mine = counts[comm.Get_rank()] * 8
+            return PythonCall(
+                comm.Reduce_scatter,
+                (spec(send[:size], mpi.DOUBLE), spec(recv[:mine], mpi.DOUBLE), list(counts)),
+            )
+        raise ValueError(f"unknown op {op!r}")
+
+
+class CompiledTimer(Timer):
+    name: TimerName = "compiled"
+
+    def __init__(self, mpi: ModuleType, extension: ModuleType | None = None) -> None:
+        self.MPI = mpi
+        self.extension = extension if extension is not None else load_extension()
+        self.handle_bytes = int(mpi._sizeof(mpi.Comm))
+        if self.handle_bytes not in (4, 8):
+            raise TimerUnavailable(f"MPI handles of {self.handle_bytes} bytes are not supported")
+        self.addresses = {op: self._address(name) for op, (name, _) in _MPI_FUNCTIONS.items()}
+
+    def _address(self, name: str) -> int:
+        """`name` in the MPI library the loaded mpi4py extension links (dlsym on its own
+        handle searches its dependencies), not whatever libmpi the process might find."""
+        library = ctypes.CDLL(self.MPI.__file__)
+        try:
+            function = getattr(library, name)
+        except AttributeError as exc:
+            raise TimerUnavailable(
+                f"{name} not found through {self.MPI.__file__} (mpi4py loads its MPI library "
+                "another way here)"
+            ) from exc
+        address = ctypes.cast(function, ctypes.c_void_p).value
+        if not address:
+            raise TimerUnavailable(f"{name} resolved to a null address")
+        return int(address)
+
+    def _handle(self, obj: Any) -> int:
+        return int(self.MPI._handleof(obj))
+
+    def collective(
+        self, comm: Any, op: str, send: Any, recv: Any, size: int, counts: Sequence[int]
+    ) -> Call:
+        import numpy as np
+
+        mpi, h = self.MPI, self._handle
+        kind = _MPI_FUNCTIONS[op][1] if op in _MPI_FUNCTIONS else None
+        if kind is None:
+            raise ValueError(f"unknown op {op!r}")
+        s, r = int(send.ctypes.data), int(recv.ctypes.data)
+        keep: tuple[Any, ...] = (comm, send, recv)
+        if op == "barrier":
+            args: tuple[int, ...] = (h(comm),)
+        elif op == "bcast":
+            args = (s, size, h(mpi.BYTE), 0, h(comm))
+        elif op == "allreduce":
+            args = (s, r, size // 8, h(mpi.DOUBLE), h(mpi.SUM), h(comm))
+        elif op in ("allgather", "alltoall"):
+            args = (s, size, h(mpi.BYTE), r, size, h(mpi.BYTE), h(comm))
+        else:
+            table = np.asarray(counts, dtype=np.intc)
+            keep += (table,)
+            args = (s, r, int(table.ctypes.data), h(mpi.DOUBLE), h(mpi.SUM), h(comm))
+        return CompiledCall(
+            self.extension,
+            kind,
+            self.handle_bytes,
+            self.addresses[op],
+            args,
+            keep,
+            mpi.Exception,
+        )
+
+
+def choose(requested: str, mpi: ModuleType, comm: Any | None = None) -> Timer:
+    """`--timer`: compiled where it can run (auto), else python; `compiled` insists.
+
+    With `comm`, every rank decides the same (a collective): one rank without the compiled
+    loop makes `auto` time in Python everywhere, and `compiled` fail everywhere, so ranks
+    never time differently or wait for each other in different code.
+    """
+    if requested not in TIMER_CHOICES:
+        raise ValueError(f"timer must be one of {', '.join(TIMER_CHOICES)}, not {requested!r}")
+    if requested == "python":
+        return PythonTimer(mpi)
+    compiled: Timer | None = None
+    reason = ""
+    try:
+        compiled = CompiledTimer(mpi)
+    except TimerUnavailable as exc:
+        reason = str(exc)
+    if comm is not None:
+        everywhere = comm.allreduce(compiled is not None, op=mpi.LAND)
+        if compiled is not None and not everywhere:
+            compiled, reason = None, "the compiled timing loop is missing on another rank"
+    if compiled is not None:
+        return compiled
+    if requested == "compiled":
+        raise TimerUnavailable(reason)
+    log.warning("timing in Python instead of the compiled loop", extra={"reason": reason})
+    return PythonTimer(mpi)
