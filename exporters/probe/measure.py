@@ -128,6 +128,11 @@ def node_name(env: Mapping[str, str]) -> str:
     return env.get(NODE_NAME_ENV, "").strip() or socket.gethostname()
 
 
+def first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return " ".join(lines[0].split()) if lines else ""
+
+
 def split_counts(count: int, parts: int) -> list[int]:
     """`count` elements over `parts` ranks, as evenly as possible (first ranks get more)."""
     return [count // parts + (1 if r < count % parts else 0) for r in range(parts)]
@@ -446,6 +451,7 @@ class Prober:
             pairwise_rounds=rounds,
             skipped_cells=list(self.skipped),
             timer=self.timer.name,
+            mpi_library=first_line(self.MPI.Get_library_version()),
         )
         return result
 

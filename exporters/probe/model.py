@@ -86,6 +86,7 @@ class ProbeResult:
     pairwise_rounds: int = 0
     skipped_cells: list[tuple[str, int]] = field(default_factory=list)  # buffers too large
     timer: str = "python"  # the timing loop: "compiled" or "python" (see timedloop)
+    mpi_library: str = ""  # first line of MPI_Get_library_version
 
     @property
     def duration_seconds(self) -> float:
@@ -112,6 +113,7 @@ class ProbeResult:
             "duration_seconds": self.duration_seconds,
             "budget_seconds": self.budget_seconds,
             "timer": self.timer,
+            "mpi_library": self.mpi_library,
             "calibration": {
                 "method": "median time of the same timed loop around the same MPI call on "
                 "MPI_COMM_SELF with zero-length buffers (no communication); subtracted per rank",

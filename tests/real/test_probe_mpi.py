@@ -147,6 +147,7 @@ def test_two_ranks_measure_every_op_and_size_and_a_baseline_flips_the_exit_code(
     check_sane(doc, 2)
     # --timer auto: the compiled loop, which `pip install -e .` built here
     assert doc["timer"] == "compiled", "the compiled timing loop was not built or not used"
+    assert doc["mpi_library"].startswith("Open MPI v4."), doc["mpi_library"]
     assert doc["exit_code"] == 0 and doc["verdict"]["label"] == "healthy"
     assert "verdict: healthy (exit 0)" in run.stderr  # the human summary (stderr with --json)
     stored = json.loads(baseline.read_text())
