@@ -12,8 +12,9 @@ uneven, and a single NaN in it poisons 30 days):
   subquery picks one recorded value per aligned 5 minutes, so the 5m windows tile the day
   without overlap and no raw series is read over more than 6 hours;
 - the period (e.g. 30d): the sum of recorded 1h event counts at 1-hour steps (`[30d:1h]`),
-  720 samples per series instead of 30 days of raw samples; a calendar month sums only the
-  hours of the current month (UTC), ending at the last whole hour.
+  720 samples per series instead of 30 days of raw samples (a calendar month sums only the
+  hours of the current month, UTC), plus the recorded 5m counts since the last whole hour,
+  so the period lags by at most 5 minutes.
 
 Ratios divide by `(total > 0)`, so an idle window yields no sample instead of NaN or Inf.
 Alerts fire only when each window of a condition also saw `min_events` events.
@@ -115,23 +116,41 @@ def sli_recording_rules(slo: SLO) -> list[dict[str, Any]]:
                 name + w, f"sum_over_time({series(name + SHORT_TILE.name, slo)}[{w}:{SHORT_TILE}])"
             )
     for name in (BAD, TOTAL):
-        record(name + period, _period_sum(series(name + TILE.name, slo), slo.period))
+        record(
+            name + period,
+            _period_sum(
+                series(name + TILE.name, slo), series(name + SHORT_TILE.name, slo), slo.period
+            ),
+        )
     for w in (*RAW_WINDOWS, *TILED_WINDOWS, period):
         record(RATIO + w, f"{series(BAD + w, slo)} / ({series(TOTAL + w, slo)} > 0)")
     return rules
 
 
-def _period_sum(hourly: str, period: Period) -> str:
+def _period_sum(hourly: str, short: str, period: Period) -> str:
+    """Whole hours (the hourly counts at 1-hour steps) + the current hour so far (the 5m
+    counts at 5-minute steps after the last whole hour), so the period lags by at most 5
+    minutes; either part alone where the other has no sample (a stack under an hour old).
+    """
     if period.kind == "rolling":
-        return f"sum_over_time({hourly}[{period.name}:{TILE}])"
-    # Calendar month: sum the hours of the current month only. Inside the subquery time()
-    # is the pick's time (the end of its hour); `@ end()` reads the hourly series at the
-    # evaluation time, whose timestamp gives the current month.
-    current = f"scalar(month(timestamp({hourly} @ end())))"
-    return (
-        f"sum_over_time(\n  ({hourly} and on() month(vector(time() - 1)) == {current})\n"
-        f"  [31d:{TILE}]\n)\n"
+        hours = f"sum_over_time({hourly}[{period.name}:{TILE}])"
+    else:
+        # Calendar month: sum the hours of the current month only. Inside the subquery
+        # time() is the pick's time (the end of its hour); `@ end()` reads the hourly series
+        # at the evaluation time, whose timestamp gives the current month.
+        current = f"scalar(month(timestamp({hourly} @ end())))"
+        hours = (
+            f"sum_over_time(\n  ({hourly} and on() month(vector(time() - 1)) == {current})\n"
+            f"  [31d:{TILE}]\n)"
+        )
+    # The last whole hour: the latest 1-hour step of a subquery pinned to the evaluation time.
+    # The current hour never straddles a month boundary, so a calendar month needs no filter.
+    last_hour = f"scalar(max_over_time(vector(time())[{TILE}:{TILE}] @ end()))"
+    since = (
+        f"sum_over_time(\n  ({short} and on() (vector(time()) > {last_hour}))\n"
+        f"  [{TILE}:{SHORT_TILE}]\n)"
     )
+    return f"(\n{hours}\n+\n{since}\n)\nor\n{hours}\nor\n{since}\n"
 
 
 def meta_recording_rules(slo: SLO) -> list[dict[str, Any]]:
