@@ -38,7 +38,7 @@ if [[ "${HPCOBS_SKIP_APT:-0}" != 1 ]]; then
         tmp=$(mktemp -d)
         chown _apt "$tmp" 2>/dev/null || true  # apt-get download writes as the _apt user
         if (cd "$tmp" && apt-get download -qq mpich libmpich12 libslurm38 >/dev/null); then
-            rm -rf "$MPICH.part"
+            rm -rf "$MPICH.part" && mkdir -p "$MPICH.part"
             for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$MPICH.part"; done
             lib=$(dirname "$(find "$MPICH.part" -name libmpich.so.12 | head -1)")
             ln -sfn libmpich.so.12 "$lib/libmpi.so.12"  # the name mpi4py's MPICH module links
