@@ -30,23 +30,11 @@ if [[ "${HPCOBS_SKIP_APT:-0}" != 1 ]]; then
     # its own private instances on free ports, so nothing here depends on them.
 
     # MPICH, the second MPI the probe is tested with (4-byte handles, where Open MPI's are
-    # pointers): extracted under build/mpich, not installed, so Open MPI stays the system
-    # MPI (mpirun, mpicc). Its shared libraries' dependencies come with Open MPI's.
-    MPICH=build/mpich
-    if [[ ! -x $MPICH/usr/bin/mpiexec.hydra ]]; then
-        log "fetching MPICH into $MPICH (extracted, not installed)"
-        tmp=$(mktemp -d)
-        chown _apt "$tmp" 2>/dev/null || true  # apt-get download writes as the _apt user
-        if (cd "$tmp" && apt-get download -qq mpich libmpich12 libslurm38 >/dev/null); then
-            rm -rf "$MPICH.part" && mkdir -p "$MPICH.part"
-            for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$MPICH.part"; done
-            lib=$(dirname "$(find "$MPICH.part" -name libmpich.so.12 | head -1)")
-            ln -sfn libmpich.so.12 "$lib/libmpi.so.12"  # the name mpi4py's MPICH module links
-            rm -rf "$MPICH" && mv "$MPICH.part" "$MPICH"
-        else
-            log "warning: could not download MPICH; tests/real/test_probe_mpich.py will fail"
-        fi
-        rm -rf "$tmp"
+    # pointers): extracted under build/mpich, not installed.
+    if [[ ! -x build/mpich/usr/bin/mpiexec.hydra ]]; then
+        log "fetching MPICH into build/mpich (extracted, not installed)"
+        scripts/fetch-mpich.sh build/mpich ||
+            log "warning: could not fetch MPICH; tests/real/test_probe_mpich.py will fail"
     fi
 fi
 
