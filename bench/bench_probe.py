@@ -3,8 +3,10 @@
 Compiles bench/c/mpi_collectives.c with `mpicc` in this run, then alternates probe runs (with
 its compiled timing loop, the default, and with `--timer python`) and C runs (`mpirun -n 2`,
 the same ops, sizes and per-cell time budget, all keeping the slowest rank's time per sample)
-for a few rounds, and takes each figure's best p50 over the rounds (the
-machine is shared: the best round is the least disturbed one). C runs in two variants:
+for 8 short rounds, and takes each figure's best p50 over the rounds (the machine is shared:
+the best round is the least disturbed one). Many short rounds rather than a few long ones:
+the 4 MiB cells (32 MiB working set, this VM's whole L3) swing by 10–30 % with the
+neighbours' cache use, even between two runs of the same C loop. C runs in two variants:
 "C iter" times every call on its own, as the probe does (the ratios are to this one: like
 with like), and "C batch" (`-t 20e-6`) times cells whose calls take under 20 µs in batches of
 k back-to-back calls, one timer pair per batch (for information: the per-call cost of a
@@ -15,8 +17,8 @@ compiled raw and corrected figures and of the Python corrected ones.
 Targets (from issue 8), checked on the default (compiled) timer: corrected 8 B allreduce
 ≤ 1.25 × C; ≥ 64 KiB ≤ 1.05 × C.
 
-Environment: HPCOBS_BENCH_PROBE_RANKS (default 2), HPCOBS_BENCH_PROBE_ROUNDS (default 4),
-HPCOBS_BENCH_PROBE_BUDGET (probe --budget-seconds per round, default 4),
+Environment: HPCOBS_BENCH_PROBE_RANKS (default 2), HPCOBS_BENCH_PROBE_ROUNDS (default 8),
+HPCOBS_BENCH_PROBE_BUDGET (probe --budget-seconds per round, default 2),
 HPCOBS_BENCH_PROBE_OPS (default all six).
 """
 
@@ -130,8 +132,8 @@ def _us(seconds: float) -> str:
 
 def main() -> None:
     ranks = int(os.environ.get("HPCOBS_BENCH_PROBE_RANKS", "2"))
-    rounds = int(os.environ.get("HPCOBS_BENCH_PROBE_ROUNDS", "4"))
-    budget = float(os.environ.get("HPCOBS_BENCH_PROBE_BUDGET", "4"))
+    rounds = int(os.environ.get("HPCOBS_BENCH_PROBE_ROUNDS", "8"))
+    budget = float(os.environ.get("HPCOBS_BENCH_PROBE_BUDGET", "2"))
     ops = tuple(os.environ.get("HPCOBS_BENCH_PROBE_OPS", ",".join(OPS)).split(","))
     best: dict[str, dict[Cell, float]] = {k: {} for k in COLUMNS}
     with tempfile.TemporaryDirectory(prefix="bench-probe-") as tmp:
