@@ -12,6 +12,7 @@ from panels import (
     DS,
     NODE,
     NODE_QUERY,
+    PROBE,
     dashboard,
     query,
     table_panel,
@@ -19,7 +20,6 @@ from panels import (
 )
 
 UID = "hpcobs-debug"
-PROBE = 'cluster=~"$cluster", partition=~"$partition"'
 RATE = "[$__rate_interval]"
 RDMA_ERRORS = {
     "symbol errors": "hpcobs_rdma_port_symbol_errors_total",

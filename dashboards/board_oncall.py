@@ -7,6 +7,7 @@ from panels import (
     CLUSTER,
     NODE,
     NODE_QUERY,
+    PROBE,
     SLURM,
     UNAVAILABLE_STATES,
     ZERO_IS_GOOD,
@@ -21,7 +22,6 @@ from panels import (
 )
 
 UID = "hpcobs-oncall"
-PROBE = 'cluster=~"$cluster", partition=~"$partition"'
 NODE_REASON = "hpcobs_slurm_node_reason_info"
 IMPORT_STATE = "hpcobs_lustre_client_import_state"
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from grafana_foundation_sdk.builders import bargauge, stat, table, timeseries
 from grafana_foundation_sdk.builders import common as cb
@@ -32,6 +32,7 @@ DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
 SLURM = 'cluster=~"$cluster", partition=~"$partition"'
 NODE = 'cluster=~"$cluster", node=~"$node"'
 CLUSTER = 'cluster=~"$cluster"'
+PROBE = 'cluster=~"$cluster", partition=~"$partition"'
 
 # The `node` variable: the nodes with an hpcobs node exporter in the selected clusters (no
 # metric maps nodes to partitions, so the partition selection does not narrow it).
@@ -82,6 +83,26 @@ def _last() -> cb.ReduceDataOptions:
     return cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False)
 
 
+Panel = TypeVar("Panel", stat.Panel, bargauge.Panel, timeseries.Panel, table.Panel)
+
+
+def _panel(
+    panel: Panel,
+    title: str,
+    description: str,
+    targets: Sequence[Target],
+    unit: str,
+    width: int,
+    height: int,
+) -> Panel:
+    """What every panel kind sets: title, description, data source, unit, size, targets."""
+    panel = panel.title(title).description(description).datasource(DS).unit(unit)
+    panel = panel.span(width).height(height)
+    for target in targets:
+        panel = panel.with_target(target)
+    return panel
+
+
 def stat_panel(
     title: str,
     description: str,
@@ -95,11 +116,7 @@ def stat_panel(
     mappings: list[dm.ValueMapping] | None = None,
 ) -> stat.Panel:
     panel = (
-        stat.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DS)
-        .unit(unit)
+        _panel(stat.Panel(), title, description, targets, unit, width, height)
         .thresholds(steps)
         .reduce_options(_last())
         .graph_mode(cm.BigValueGraphMode.NONE)
@@ -107,15 +124,11 @@ def stat_panel(
         .text_mode(cm.BigValueTextMode.AUTO)
         .orientation(cm.VizOrientation.AUTO)
         .justify_mode(cm.BigValueJustifyMode.AUTO)
-        .span(width)
-        .height(height)
     )
     if decimals is not None:
         panel = panel.decimals(decimals)
     if mappings:
         panel = panel.mappings(mappings)
-    for target in targets:
-        panel = panel.with_target(target)
     return panel
 
 
@@ -132,24 +145,16 @@ def bar_panel(
     maximum: float | None = None,
 ) -> bargauge.Panel:
     panel = (
-        bargauge.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DS)
-        .unit(unit)
+        _panel(bargauge.Panel(), title, description, targets, unit, width, height)
         .thresholds(steps)
         .reduce_options(_last())
         .orientation(cm.VizOrientation.HORIZONTAL)
         .display_mode(cm.BarGaugeDisplayMode.GRADIENT)
-        .span(width)
-        .height(height)
     )
     if minimum is not None:
         panel = panel.min(minimum)
     if maximum is not None:
         panel = panel.max(maximum)
-    for target in targets:
-        panel = panel.with_target(target)
     return panel
 
 
@@ -166,13 +171,7 @@ def ts_panel(
     minimum: float | None = None,
 ) -> timeseries.Panel:
     panel = (
-        timeseries.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DS)
-        .unit(unit)
-        .span(width)
-        .height(height)
+        _panel(timeseries.Panel(), title, description, targets, unit, width, height)
         .legend(
             cb.VizLegendOptions()
             .show_legend(True)
@@ -190,8 +189,6 @@ def ts_panel(
         panel = panel.stacking(cb.StackingConfig().mode(cm.StackingMode.NORMAL))
     if minimum is not None:
         panel = panel.min(minimum)
-    for target in targets:
-        panel = panel.with_target(target)
     return panel
 
 
@@ -211,20 +208,11 @@ def table_panel(
         "excludeByName": dict.fromkeys(hide, True),
         "renameByName": rename or {},
     }
-    panel = (
-        table.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DS)
-        .unit(unit)
-        .span(width)
-        .height(height)
+    return (
+        _panel(table.Panel(), title, description, targets, unit, width, height)
         .with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
         .with_transformation(dm.DataTransformerConfig(id_val="organize", options=organize))
     )
-    for target in targets:
-        panel = panel.with_target(target)
-    return panel
 
 
 def value_text(mapping: dict[str, tuple[str, str]]) -> dm.ValueMapping:

@@ -162,12 +162,7 @@ def add_prometheus_flags(parser: argparse.ArgumentParser, required: bool) -> Non
 
 
 def client_from_args(args: argparse.Namespace) -> PrometheusClient:
-    headers = []
-    for raw in _listed(args.headers):
-        name, sep, value = str(raw).partition(":")
-        if not sep or not name.strip():
-            raise ValueError(f"--prometheus.header must be 'Name: value', not {raw!r}")
-        headers.append((name.strip(), value.strip()))
+    headers = [_header(raw, "--prometheus.header") for raw in _listed(args.headers)]
     for path in (
         args.bearer_token_file,
         args.basic_auth_password_file,

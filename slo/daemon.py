@@ -27,18 +27,11 @@ log = logging.getLogger("hpcobs.slo")
 class Engine:
     """Runs `evaluator` every `interval` seconds (the first cycle at once)."""
 
-    def __init__(
-        self,
-        evaluator: Evaluator,
-        interval: float,
-        *,
-        on_evaluation: Callable[[Evaluation], None] | None = None,
-    ) -> None:
+    def __init__(self, evaluator: Evaluator, interval: float) -> None:
         if interval <= 0:
             raise ValueError("--eval-interval must be positive")
         self.evaluator = evaluator
         self.interval = interval
-        self.on_evaluation = on_evaluation
         self._state = DaemonState(slos=evaluator.slos)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -59,8 +52,6 @@ class Engine:
         with self._lock:
             self._state = self._state.after(evaluation)
         self._log(evaluation)
-        if self.on_evaluation is not None:
-            self.on_evaluation(evaluation)
         return evaluation
 
     def _log(self, evaluation: Evaluation) -> None:

@@ -55,7 +55,6 @@ from hpcobs.slo.selector import Matcher, Selector, regex_escape
 
 log = logging.getLogger("hpcobs.slo")
 HOUR = TILE.seconds
-WINDOWS = {w.name: w for w in SHORT_WINDOWS}
 
 
 # -- the query plan ------------------------------------------------------------------------
@@ -315,31 +314,18 @@ class Evaluator:
             tiles_ok: dict[Batch, bool] = {}
             remainders: dict[tuple[Batch, int], dict[Term, float] | None] = {}
 
-            def instant(batch: Batch, window: str) -> None:
-                expr = batch.expr(WINDOWS[window])
-                samples = self._run(
-                    ctx,
-                    "instant",
-                    batch,
-                    window,
-                    expr,
-                    lambda stats: self.client.query(expr, at, deadline=deadline, stats=stats),
+            def instant(batch: Batch, window: Window) -> None:
+                samples = self._query(ctx, "instant", batch, window.name, batch.expr(window), at)
+                sums[(batch, window.name)] = (
+                    None if samples is None else self._aggregate(batch, samples)
                 )
-                sums[(batch, window)] = None if samples is None else self._aggregate(batch, samples)
 
             def fetch_tiles(batch: Batch) -> None:
                 tiles_ok[batch] = self._fetch_tiles(ctx, batch, period_end)
 
             def remainder(batch: Batch, millis: int) -> None:
                 expr = batch.live_expr(millis)
-                samples = self._run(
-                    ctx,
-                    "remainder",
-                    batch,
-                    f"{millis}ms",
-                    expr,
-                    lambda stats: self.client.query(expr, at, deadline=deadline, stats=stats),
-                )
+                samples = self._query(ctx, "remainder", batch, f"{millis}ms", expr, at)
                 remainders[(batch, millis)] = (
                     None if samples is None else self._aggregate(batch, samples)
                 )
@@ -347,9 +333,7 @@ class Evaluator:
             with ThreadPoolExecutor(self.concurrency, thread_name_prefix="slo-query") as pool:
                 jobs = [pool.submit(fetch_tiles, b) for b in self.plan.batches]
                 jobs += [
-                    pool.submit(instant, b, w.name)
-                    for b in self.plan.batches
-                    for w in SHORT_WINDOWS
+                    pool.submit(instant, b, w) for b in self.plan.batches for w in SHORT_WINDOWS
                 ]
                 jobs += [
                     pool.submit(remainder, b, millis)
@@ -380,6 +364,19 @@ class Evaluator:
         return evaluation
 
     # -- queries ---------------------------------------------------------------------------
+    def _query(
+        self, ctx: _QueryContext, kind: str, batch: Batch, window: str, expr: str, at: float
+    ) -> list[Sample] | None:
+        """An instant query at `at`, run as `_run` runs it."""
+        return self._run(
+            ctx,
+            kind,
+            batch,
+            window,
+            expr,
+            lambda stats: self.client.query(expr, at, deadline=ctx.deadline, stats=stats),
+        )
+
     def _run(
         self,
         ctx: _QueryContext,
@@ -434,14 +431,7 @@ class Evaluator:
         expr = batch.expr(TILE)
         rows: dict[int, list[Sample]] = {}
         if start == end:
-            samples = self._run(
-                ctx,
-                "tiles",
-                batch,
-                TILE.name,
-                expr,
-                lambda stats: self.client.query(expr, end, deadline=ctx.deadline, stats=stats),
-            )
+            samples = self._query(ctx, "tiles", batch, TILE.name, expr, end)
             if samples is None:
                 return False
             rows[end] = samples
