@@ -23,9 +23,10 @@ BUILD_INFO = MetricDef(
     ("version", "python_version"),
 )
 METRICS = (BUILD_INFO,)
+_BUILD_LABELS = [VERSION, platform.python_version()]  # constant for the process' lifetime
 
 
 def build_info() -> Iterator[Metric]:
     family = BUILD_INFO.gauge()
-    family.add_metric([VERSION, platform.python_version()], 1.0)
+    family.add_metric(_BUILD_LABELS, 1.0)
     yield family

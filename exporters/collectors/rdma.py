@@ -355,6 +355,12 @@ def _try_read(path: str) -> bytes | None:
         return None
 
 
+def _read_text(path: str) -> str:
+    """A text attribute's value; "" when it cannot be read."""
+    raw = _try_read(path)
+    return "" if raw is None else parse_text(raw)
+
+
 def _list_files(path: str) -> list[str]:
     """Names of the regular files of a folder (sysfs attributes), sorted; [] if absent."""
     try:
@@ -418,18 +424,13 @@ class _Slot:
     __slots__ = ("fd", "index", "kind", "labels", "last", "name", "path", "scale")
 
     def __init__(
-        self,
-        path: str,
-        kind: int,
-        metric: MetricDef | None = None,
-        labels: dict[str, str] | None = None,
-        scale: int = 1,
+        self, path: str, kind: int, metric: MetricDef, labels: dict[str, str], scale: int = 1
     ) -> None:
         self.path = path
         self.kind = kind
-        self.index = _INDEX[id(metric)] if metric is not None else -1
-        self.name = metric.name if metric is not None else ""
-        self.labels = labels or {}
+        self.index = _INDEX[id(metric)]
+        self.name = metric.name
+        self.labels = labels
         self.scale = scale
         self.fd = -1
         self.last: int | None = None
@@ -437,7 +438,6 @@ class _Slot:
 
 @dataclass(slots=True)
 class _PortPlan:
-    port: str
     path: str
     labels: dict[str, str]
     info: dict[str, str]  # PORT_INFO labels (link_layer cached: it does not change)
@@ -452,8 +452,6 @@ class _PortPlan:
 
 @dataclass(slots=True)
 class _DevicePlan:
-    name: str
-    path: str
     info: dict[str, str]  # DEVICE_INFO labels
     ports: list[_PortPlan]
     watch: list[tuple[str, tuple[int, int] | None]]  # folders whose change means: re-scan
@@ -620,7 +618,7 @@ class RdmaCollector(Collector):
             self._report(ports_path, "cannot list ports", exc)
             return None
         attrs = [
-            parse_text(raw) if (raw := _try_read(os.path.join(path, a))) is not None else ""
+            _read_text(os.path.join(path, a))
             for a in ("fw_ver", "board_id", "hca_type", "node_guid")
         ]
         info = dict(zip(DEVICE_INFO.labels, (name, *attrs), strict=True))
@@ -643,17 +641,14 @@ class RdmaCollector(Collector):
                 folder_path = os.path.join(port_path, folder)
                 if os.path.isdir(folder_path):
                     watch.append((folder_path, _signature(folder_path)))
-        return _DevicePlan(
-            name=name, path=path, info=info, ports=ports, watch=watch, scanned_at=now
-        )
+        return _DevicePlan(info=info, ports=ports, watch=watch, scanned_at=now)
 
     @staticmethod
     def _scan_port(
         device: str, port: str, path: str, nports: int, device_net: dict[str, int | None]
     ) -> _PortPlan:
         labels = {"device": device, "port": port}
-        raw_layer = _try_read(os.path.join(path, "link_layer"))
-        info = {**labels, "link_layer": parse_text(raw_layer) if raw_layer is not None else ""}
+        info = {**labels, "link_layer": _read_text(os.path.join(path, "link_layer"))}
         others = [
             _Slot(os.path.join(path, "state"), _STATE, PORT_STATE, labels),
             _Slot(os.path.join(path, "phys_state"), _PHYS_STATE, PORT_PHYSICAL_STATE, labels),
@@ -687,7 +682,6 @@ class RdmaCollector(Collector):
             if (raw := _try_read(os.path.join(ndevs_path, n))) is not None
         ]
         return _PortPlan(
-            port=port,
             path=path,
             labels=labels,
             info=info,
@@ -744,8 +738,7 @@ class RdmaCollector(Collector):
                 self._backwards(slot.path, last, count)
             buckets[slot.index].append(Sample(slot.name, slot.labels, count * slot.scale))
             if bad_paths and slot.path in bad_paths:
-                bad_paths.discard(slot.path)
-                self.bad.clear(slot.path)
+                self._mark_good(slot.path)
         if not errors:
             return True
         intact = True
@@ -777,8 +770,7 @@ class RdmaCollector(Collector):
         if value is None:
             self._bad_value(slot.path, raw, what)
         elif self._bad_paths and slot.path in self._bad_paths:
-            self._bad_paths.discard(slot.path)
-            self.bad.clear(slot.path)
+            self._mark_good(slot.path)
         return value
 
     def _bad_value(self, path: str, raw: bytes, what: str) -> None:
@@ -802,6 +794,11 @@ class RdmaCollector(Collector):
     def _mark_bad(self, path: str) -> None:
         if len(self._bad_paths) < 10_000:
             self._bad_paths.add(path)
+
+    def _mark_good(self, path: str) -> None:
+        """A file reported bad reads well again: report it anew when it next goes bad."""
+        self._bad_paths.discard(path)
+        self.bad.clear(path)
 
     # -- netdevs ---------------------------------------------------------------------------
     def _ensure_monitor(self) -> LinkMonitor | None:

@@ -75,7 +75,7 @@ def parse_state(raw: bytes) -> PortState | None:
     number = head.strip(_WHITESPACE)
     if not number.isdigit() or len(number) > 10:
         return None
-    return PortState(int(number), _text(tail))
+    return PortState(int(number), parse_text(tail))
 
 
 _RATE_UNITS = {b"gb/sec": 1e9, b"gb/s": 1e9, b"mb/sec": 1e6, b"mb/s": 1e6}
@@ -107,10 +107,6 @@ def parse_rate(raw: bytes) -> float | None:
 
 def parse_text(raw: bytes) -> str:
     """A text attribute (`fw_ver`, `board_id`, `hca_type`, `node_guid`, `link_layer`)."""
-    return _text(raw)
-
-
-def _text(raw: bytes) -> str:
     text = raw.strip(_WHITESPACE).decode("utf-8", errors="replace")
     if not text.isprintable():
         text = "".join(c if c.isprintable() else " " for c in text)

@@ -18,7 +18,7 @@ import difflib
 import platform
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,21 @@ def parse_duration(text: str) -> float:
     if pos != len(text) or not text:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 10s, 1m30s, 500ms)")
     return total
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse `type=` for integer flags with a lower bound (`int_at_least(1)`: N ≥ 1)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    return parse
 
 
 class ConfigFileError(ValueError):

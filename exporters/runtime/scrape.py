@@ -50,7 +50,6 @@ class CollectorState:
     duration_seconds: float = 0.0
     last_error: str = ""
     last_success_unix: float = 0.0
-    no_data: bool = False
 
 
 @dataclass
@@ -83,11 +82,8 @@ class ScrapeCoordinator:
         self, only: Iterable[str] | None = None, timeout: float | None = None
     ) -> Iterator[Metric]:
         """Collect `only` these collectors (default all) within `timeout` seconds."""
-        names = (
-            list(self.collectors)
-            if only is None
-            else [n for n in self.collectors if n in set(only)]
-        )
+        wanted = None if only is None else set(only)
+        names = [n for n in self.collectors if wanted is None or n in wanted]
         budget = self.timeout if timeout is None else max(0.001, min(timeout, self.timeout))
         started = time.monotonic()
         futures = {name: self._submit(name) for name in names}
@@ -137,8 +133,6 @@ class ScrapeCoordinator:
         try:
             result.metrics = list(collector.collect())
         except NoDataError as exc:
-            result.metrics = []
-            result.error = None
             log.debug("no data", extra={"collector": collector.name, "reason": str(exc)})
         except Exception as exc:  # a collector failure never fails the scrape
             result.error = exc

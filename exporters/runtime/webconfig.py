@@ -236,10 +236,6 @@ class BasicAuth:
         self._lock = threading.Lock()
         self._dummy = bcrypt.hashpw(b"hpcobs-dummy", bcrypt.gensalt(rounds=4)) if users else b""
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.users)
-
     def check(self, header: str | None) -> bool:
         if not self.users:
             return True

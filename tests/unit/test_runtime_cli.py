@@ -9,7 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hpcobs.exporters.runtime.app import build_parser
-from hpcobs.exporters.runtime.cli import enabled_collectors, parse_args, parse_duration
+from hpcobs.exporters.runtime.cli import (
+    enabled_collectors,
+    int_at_least,
+    parse_args,
+    parse_duration,
+)
 from hpcobs.exporters.runtime.collector import CollectorSpec
 from hpcobs.exporters.runtime.server import parse_listen_address
 
@@ -120,6 +125,15 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         parse_duration(text)
+
+
+def test_int_at_least() -> None:
+    assert int_at_least(1)("3") == 3
+    assert int_at_least(0)("0") == 0
+    with pytest.raises(argparse.ArgumentTypeError, match="must be at least 1, not 0"):
+        int_at_least(1)("0")
+    with pytest.raises(argparse.ArgumentTypeError, match="not an integer: 'x'"):
+        int_at_least(1)("x")
 
 
 @given(st.text(max_size=30))
