@@ -33,11 +33,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from hpcobs.exporters.probe.model import DEFAULT_SIZES as SIZES
+from hpcobs.exporters.probe.model import OPS
+
 HERE = Path(__file__).resolve().parent
 C_SOURCE = HERE / "c" / "mpi_collectives.c"
 VENV_BIN = Path(sys.executable).parent
-OPS = ("allreduce", "bcast", "allgather", "alltoall", "reduce_scatter", "barrier")
-SIZES = (*(8 * 4**k for k in range(10)), 4 << 20)
 SMALL_TARGET = 1.25  # corrected 8 B allreduce / C
 LARGE_TARGET = 1.05  # corrected ≥ 64 KiB / C
 LARGE_FROM = 64 << 10
@@ -124,10 +125,6 @@ def run_probe(
 def _best(into: dict[Cell, float], new: dict[Cell, float]) -> None:
     for cell, value in new.items():
         into[cell] = min(value, into.get(cell, value))
-
-
-def _us(seconds: float) -> str:
-    return f"{seconds * 1e6:10.3f}"
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from hpcobs.exporters.probe.topology import IDENTITY_MODES
 from hpcobs.exporters.runtime.cli import (
     VersionAction,
     add_logging_flags,
+    int_at_least,
     parse_args,
     parse_duration,
 )
@@ -75,19 +76,6 @@ def _ratio(text: str) -> float:
     return value
 
 
-def _count(minimum: int) -> argparse._ActionType:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
-        return value
-
-    return parse
-
-
 def _key_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not re.match(r"^[a-zA-Z_][a-zA-Z0-9_]*$", key):
@@ -144,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--iterations.min",
         dest="iterations_min",
-        type=_count(1),
+        type=int_at_least(1),
         default=5,
         metavar="N",
         help="timed iterations per cell at least (default 5)",
@@ -152,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--iterations.max",
         dest="iterations_max",
-        type=_count(1),
+        type=int_at_least(1),
         default=10000,
         metavar="N",
         help="timed iterations per cell at most (default 10000)",
@@ -175,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--pairwise.top-k",
         dest="pairwise_top_k",
-        type=_count(0),
+        type=int_at_least(0),
         default=5,
         metavar="K",
         help="export the K slowest pairs (default 5)",
@@ -277,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--push.retries",
         dest="push_retries",
-        type=_count(0),
+        type=int_at_least(0),
         default=2,
         metavar="N",
         help="retries after a failed push or OTLP export (default 2)",

@@ -35,7 +35,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -454,7 +454,3 @@ class Prober:
             mpi_library=first_line(self.MPI.Get_library_version()),
         )
         return result
-
-
-def describe_cells(cells: Sequence[tuple[str, int]]) -> str:
-    return ", ".join(f"{op}/{size}" for op, size in cells)

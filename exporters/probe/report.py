@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from hpcobs.exporters.probe.flags import PROGRAM
 from hpcobs.exporters.probe.model import ProbeResult
 from hpcobs.exporters.probe.outputs import Delivery
 from hpcobs.exporters.probe.verdict import (
@@ -17,8 +18,6 @@ from hpcobs.exporters.probe.verdict import (
     verdict_lines,
 )
 from hpcobs.exporters.version import VERSION
-
-PROGRAM = "hpcobs-mpi-probe"
 
 
 def summary_lines(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import importlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -63,38 +64,6 @@ def load_extension() -> ModuleType:
 # -- the two loops ---------------------------------------------------------------------------
 
 
-def _python_loop(fn: Callable[..., Any], args: tuple[Any, ...], n: int) -> list[float]:
-    import time
-
-    pc = time.perf_counter
-    out = [0.0] * n
-    # one body per arity, so the timed window holds the call and two clock reads only
-    if len(args) == 0:
-        for i in range(n):
-            t0 = pc()
-            fn()
-            out[i] = pc() - t0
-    elif len(args) == 1:
-        (a,) = args
-        for i in range(n):
-            t0 = pc()
-            fn(a)
-            out[i] = pc() - t0
-    elif len(args) == 2:
-        a, b = args
-        for i in range(n):
-            t0 = pc()
-            fn(a, b)
-            out[i] = pc() - t0
-    else:
-        a, b, c = args
-        for i in range(n):
-            t0 = pc()
-            fn(a, b, c)
-            out[i] = pc() - t0
-    return out
-
-
 @dataclass(frozen=True)
 class PythonCall:
     """One mpi4py call bound to its (buffer, datatype) messages."""
@@ -103,7 +72,13 @@ class PythonCall:
     args: tuple[Any, ...]
 
     def run(self, n: int) -> list[float]:
-        return _python_loop(self.fn, self.args, n) if n > 0 else []
+        fn, args, pc = self.fn, self.args, time.perf_counter
+        out = [0.0] * n
+        for i in range(n):
+            t0 = pc()
+            fn(*args)
+            out[i] = pc() - t0
+        return out
 
 
 @dataclass(frozen=True)
@@ -133,18 +108,7 @@ class CompiledCall:
 Call = PythonCall | CompiledCall
 
 
-class Timer:
-    """Builds timed calls for one op: the real one, and the calibration no-op."""
-
-    name: TimerName
-
-    def collective(
-        self, comm: Any, op: str, send: Any, recv: Any, size: int, counts: Sequence[int]
-    ) -> Call:
-        raise NotImplementedError
-
-
-class PythonTimer(Timer):
+class PythonTimer:
     name: TimerName = "python"
 
     def __init__(self, mpi: ModuleType) -> None:
@@ -180,7 +144,7 @@ class PythonTimer(Timer):
         raise ValueError(f"unknown op {op!r}")
 
 
-class CompiledTimer(Timer):
+class CompiledTimer:
     name: TimerName = "compiled"
 
     def __init__(self, mpi: ModuleType, extension: ModuleType | None = None) -> None:
@@ -189,12 +153,17 @@ class CompiledTimer(Timer):
         self.handle_bytes = int(mpi._sizeof(mpi.Comm))
         if self.handle_bytes not in (4, 8):
             raise TimerUnavailable(f"MPI handles of {self.handle_bytes} bytes are not supported")
-        self.addresses = {op: self._address(name) for op, (name, _) in _MPI_FUNCTIONS.items()}
+        library = ctypes.CDLL(mpi.__file__)
+        self.addresses = {
+            op: self._address(library, name) for op, (name, _) in _MPI_FUNCTIONS.items()
+        }
+        self.byte, self.double, self.sum = (
+            int(mpi._handleof(h)) for h in (mpi.BYTE, mpi.DOUBLE, mpi.SUM)
+        )
 
-    def _address(self, name: str) -> int:
+    def _address(self, library: ctypes.CDLL, name: str) -> int:
         """`name` in the MPI library the loaded mpi4py extension links (dlsym on its own
         handle searches its dependencies), not whatever libmpi the process might find."""
-        library = ctypes.CDLL(self.MPI.__file__)
         try:
             function = getattr(library, name)
         except AttributeError as exc:
@@ -207,41 +176,40 @@ class CompiledTimer(Timer):
             raise TimerUnavailable(f"{name} resolved to a null address")
         return int(address)
 
-    def _handle(self, obj: Any) -> int:
-        return int(self.MPI._handleof(obj))
-
     def collective(
         self, comm: Any, op: str, send: Any, recv: Any, size: int, counts: Sequence[int]
     ) -> Call:
         import numpy as np
 
-        mpi, h = self.MPI, self._handle
-        kind = _MPI_FUNCTIONS[op][1] if op in _MPI_FUNCTIONS else None
-        if kind is None:
+        if op not in _MPI_FUNCTIONS:
             raise ValueError(f"unknown op {op!r}")
-        s, r = int(send.ctypes.data), int(recv.ctypes.data)
+        c, s, r = int(self.MPI._handleof(comm)), int(send.ctypes.data), int(recv.ctypes.data)
         keep: tuple[Any, ...] = (comm, send, recv)
         if op == "barrier":
-            args: tuple[int, ...] = (h(comm),)
+            args: tuple[int, ...] = (c,)
         elif op == "bcast":
-            args = (s, size, h(mpi.BYTE), 0, h(comm))
+            args = (s, size, self.byte, 0, c)
         elif op == "allreduce":
-            args = (s, r, size // 8, h(mpi.DOUBLE), h(mpi.SUM), h(comm))
+            args = (s, r, size // 8, self.double, self.sum, c)
         elif op in ("allgather", "alltoall"):
-            args = (s, size, h(mpi.BYTE), r, size, h(mpi.BYTE), h(comm))
+            args = (s, size, self.byte, r, size, self.byte, c)
         else:
             table = np.asarray(counts, dtype=np.intc)
             keep += (table,)
-            args = (s, r, int(table.ctypes.data), h(mpi.DOUBLE), h(mpi.SUM), h(comm))
+            args = (s, r, int(table.ctypes.data), self.double, self.sum, c)
         return CompiledCall(
             self.extension,
-            kind,
+            _MPI_FUNCTIONS[op][1],
             self.handle_bytes,
             self.addresses[op],
             args,
             keep,
-            mpi.Exception,
+            self.MPI.Exception,
         )
+
+
+# builds timed calls for one op: the real one, and the calibration no-op
+Timer = PythonTimer | CompiledTimer
 
 
 def choose(requested: str, mpi: ModuleType, comm: Any | None = None) -> Timer:
@@ -255,7 +223,7 @@ def choose(requested: str, mpi: ModuleType, comm: Any | None = None) -> Timer:
         raise ValueError(f"timer must be one of {', '.join(TIMER_CHOICES)}, not {requested!r}")
     if requested == "python":
         return PythonTimer(mpi)
-    compiled: Timer | None = None
+    compiled: CompiledTimer | None = None
     reason = ""
     try:
         compiled = CompiledTimer(mpi)
