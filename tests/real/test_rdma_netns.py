@@ -10,7 +10,6 @@ statistics against the kernel's own `/sys/class/net/<if>/statistics` in that nam
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import select
@@ -20,11 +19,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from harness.rdma import tree_builder
 
 pytestmark = pytest.mark.real
 
@@ -61,15 +61,6 @@ STATISTICS = {
     "rx_compressed": "hpcobs_rdma_netdev_receive_compressed_packets_total",
     "tx_compressed": "hpcobs_rdma_netdev_transmit_compressed_packets_total",
 }
-
-
-def _load_tree_builder() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("rdma_sysfs_tree", DATA / "sysfs_tree.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def run(*argv: str, stdin: str | None = None) -> str:
@@ -168,7 +159,7 @@ def sysfs_statistics(netns: str, ifname: str) -> dict[str, int]:
 
 
 def test_flaps_between_scrapes_and_netdev_statistics(netns: str, tmp_path: Path) -> None:
-    trees = _load_tree_builder()
+    trees = tree_builder()
     tree = trees.build_tree(tmp_path / "sys", hcas=1, ports=2, roce=True)
     assert tree.netdevs[("mlx5_0", "1")] == (NETDEV,)
     driver = Driver(netns, tree.sysfs, tmp_path / "driver.log")
@@ -235,7 +226,7 @@ def test_daemon_serves_netdev_metrics_and_stops_cleanly(
     exporter_factory: Callable[..., Any], tmp_path: Path
 ) -> None:
     """hpcobs-node-exporter with the listener running: served over HTTP, SIGTERM ends it."""
-    trees = _load_tree_builder()
+    trees = tree_builder()
     tree = trees.build_tree(tmp_path / "sys", hcas=1, ports=1, roce=True)
     (tree.ib("mlx5_0", "ports", "1", "gid_attrs", "ndevs", "0")).write_text("lo\n")
     (tree.ib("mlx5_0", "ports", "1", "gid_attrs", "ndevs", "1")).write_text("lo\n")

@@ -8,23 +8,20 @@ exports must have an hpcobs twin (by the table below) with the same value.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.rdma import tree_builder
 from harness.runtime import ExporterProcess
 from harness.servers import NodeExporterFactory
 
 pytestmark = pytest.mark.real
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "rdma"
 
 # node_exporter (1.5) series → hpcobs series: metric name and the labels added to
 # {device, port}. Written down here, independently of the collector's own tables.
@@ -133,15 +130,6 @@ Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 Factory = Callable[..., ExporterProcess]
 
 
-def _load_tree_builder() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("rdma_sysfs_tree", DATA / "sysfs_tree.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def parse(text: str, prefix: str) -> Series:
     out: Series = {}
     for family in text_string_to_metric_families(text):
@@ -209,7 +197,7 @@ def test_real_fixture_tree_matches_node_exporter(
 def test_built_tree_with_legacy_and_not_available_counters(
     node_exporter_factory: NodeExporterFactory, exporter_factory: Factory, tmp_path: Path
 ) -> None:
-    trees = _load_tree_builder()
+    trees = tree_builder()
     tree = trees.build_tree(tmp_path / "sys", hcas=4, ports=2)
     port = tree.ib("mlx5_3", "ports", "2")
     # a kernel before 4.5: 64-bit counters in counters_ext/

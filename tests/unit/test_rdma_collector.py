@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import argparse
 import errno
-import importlib.util
 import logging
 import os
 import shutil
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -24,21 +21,12 @@ from hpcobs.exporters.runtime.app import build_parser
 from hpcobs.exporters.runtime.cli import parse_args
 from hpcobs.exporters.runtime.scrape import ScrapeCoordinator
 
+from harness.rdma import tree_builder
+
 pytestmark = pytest.mark.unit
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "rdma"
 
-
-def _load_tree_builder() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("rdma_sysfs_tree", DATA / "sysfs_tree.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-trees = _load_tree_builder()
+trees = tree_builder()
 
 # counters/ file → hpcobs metric and factor, written down independently of the collector
 # (CONVENTIONS.md names the first ones; the others follow the same pattern).
