@@ -126,13 +126,18 @@ def error_code(exc: BaseException) -> int | None:
     return value if isinstance(value, int) and type(exc).__name__.startswith("NVMLError") else None
 
 
+def _no_such_function(exc: BaseException) -> bool:
+    """The loaded pynvml (or the driver's library under it) lacks the function called."""
+    return isinstance(exc, MissingFunction) or type(exc).__name__ == "NVMLLibraryMismatchError"
+
+
 def classify(exc: BaseException) -> ErrorKind:
     """Sort an exception from an NVML call into the kinds the collector acts on."""
     if isinstance(exc, ImportError):
         return ErrorKind.ABSENT
     if isinstance(exc, NvmlTimeout):
         return ErrorKind.LOST
-    if isinstance(exc, MissingFunction) or type(exc).__name__ == "NVMLLibraryMismatchError":
+    if _no_such_function(exc):
         return ErrorKind.UNSUPPORTED
     code = error_code(exc)
     if code is None:
@@ -142,7 +147,7 @@ def classify(exc: BaseException) -> ErrorKind:
 
 def is_stable_unsupported(exc: BaseException) -> bool:
     """An UNSUPPORTED error that will not go away without re-initialising NVML."""
-    if isinstance(exc, MissingFunction) or type(exc).__name__ == "NVMLLibraryMismatchError":
+    if _no_such_function(exc):
         return True
     return error_code(exc) in STABLE_UNSUPPORTED
 
@@ -167,11 +172,6 @@ class TimedRunner:
         self._prefix = thread_prefix
         self._lock = threading.Lock()
         self._inflight: dict[Hashable, Future[Any]] = {}
-
-    def busy(self, key: Hashable) -> bool:
-        with self._lock:
-            running = self._inflight.get(key)
-            return running is not None and not running.done()
 
     def start(self, key: Hashable, fn: Callable[[], T]) -> Future[T] | None:
         """Run `fn` on a new daemon thread; None if work for `key` is still running."""

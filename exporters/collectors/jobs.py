@@ -146,13 +146,8 @@ class JobAttributor:
 
     def attribute(self, pids: Iterable[int] | None = None) -> dict[int, Attribution]:
         """Attributions of `pids` (default: every process) that belong to a Slurm job."""
-        stats: dict[int, ProcStat | None] = {}
-        if pids is None:
-            wanted = self.proc.pids()
-            for pid in wanted:
-                stats[pid] = self.proc.stat(pid)
-        else:
-            wanted = list(pids)
+        wanted = self.proc.pids() if pids is None else list(pids)
+        stats: dict[int, ProcStat | None] = {}  # each stat file read once per call
 
         def stat(pid: int) -> ProcStat | None:
             if pid not in stats:
@@ -325,7 +320,8 @@ class JobsCollector(Collector):
             by_job[attribution.job_id].append(attribution)
             sources[attribution.source] = sources.get(attribution.source, 0) + 1
         jobs = sorted(by_job, key=int)
-        kept, dropped = jobs[: self.max_jobs], len(jobs) - min(len(jobs), self.max_jobs)
+        kept = jobs[: self.max_jobs]
+        dropped = len(jobs) - len(kept)
         if dropped:
             self._over_limit.warning(
                 "max-jobs",

@@ -580,6 +580,8 @@ def _delta(now: int | None, before: int | None) -> int:
 
 
 class LustreCollector(Collector):
+    name = "lustre"
+
     def __init__(
         self,
         procfs: str | os.PathLike[str] = "/proc",
@@ -595,7 +597,6 @@ class LustreCollector(Collector):
             raise ValueError("--collector.lustre.max-jobs must be 0 or more")
         if lctl_timeout <= 0:
             raise ValueError("--collector.lustre.lctl-timeout must be positive")
-        self.name = "lustre"
         self.roots = (
             Path(procfs) / "fs" / "lustre",
             Path(sysfs) / "fs" / "lustre",

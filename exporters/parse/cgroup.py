@@ -38,6 +38,11 @@ _STEPD_TITLE = re.compile(r"^slurmstepd: \[(\d{1,20})(?:\.([A-Za-z0-9_]{1,64}))?
 _V1_PREFERENCE = ("freezer", "cpuacct", "memory", "cpuset", "devices", "cpu", "pids")
 
 
+def _canonical_job_id(digits: str) -> str:
+    """A job id as Slurm prints it: `0001234` → `1234` (and `000` → `0`)."""
+    return digits.lstrip("0") or "0"
+
+
 @dataclass(frozen=True)
 class CgroupEntry:
     """One line of /proc/<pid>/cgroup."""
@@ -87,7 +92,7 @@ def job_from_cgroup_path(path: str, version: int = 2) -> SlurmCgroup | None:
     step = _STEP.search(rest)
     uid = _UID.search(path[: job.start() + 1])
     return SlurmCgroup(
-        job_id=job.group(1).lstrip("0") or "0",
+        job_id=_canonical_job_id(job.group(1)),
         step=step.group(1) if step else None,
         uid=uid.group(1) if uid else None,
         version=version,
@@ -165,7 +170,7 @@ def job_from_stepd_cmdline(cmdline: bytes) -> str | None:
     match = _STEPD_TITLE.match(title)
     if match is None:
         return None
-    return match.group(1).lstrip("0") or "0"
+    return _canonical_job_id(match.group(1))
 
 
 def job_from_environ(environ: bytes) -> str | None:
@@ -174,7 +179,7 @@ def job_from_environ(environ: bytes) -> str | None:
         if item.startswith(b"SLURM_JOB_ID="):
             value = item[len(b"SLURM_JOB_ID=") :].decode("ascii", "replace").strip()
             if _JOB_ID.fullmatch(value):
-                return value.lstrip("0") or "0"
+                return _canonical_job_id(value)
             return None
     return None
 
@@ -191,7 +196,7 @@ def parse_job_mapping_file(text: str) -> list[str]:
         words = line.split()
         if not words or not _JOB_ID.fullmatch(words[0]):
             continue
-        job = words[0].lstrip("0") or "0"
+        job = _canonical_job_id(words[0])
         if job not in jobs:
             jobs.append(job)
     return jobs

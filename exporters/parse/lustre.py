@@ -753,8 +753,8 @@ def parse_job_io(data: bytes | str) -> JobIOTable:
 def job_io_table(parsed: JobStatsFile) -> JobIOTable:
     """The read/write columns of a parsed job_stats file (a unit other than bytes is a
     problem, and the counter is left out)."""
-    table = JobIOTable([], [], [], [], [], parsed.problems)
     problems = parsed.problems
+    columns: list[list[int | None]] = [[], [], [], []]
     for job in parsed.jobs:
         io: list[int | None] = []
         for key in ("read_bytes", "write_bytes"):
@@ -763,16 +763,8 @@ def job_io_table(parsed: JobStatsFile) -> JobIOTable:
                 problems += 1
                 stat = None
             io += [None, None] if stat is None else [stat.samples, stat.sum]
-        table.job_ids.append(job.job_id)
-        table.read_samples.append(io[0])
-        table.read_bytes.append(io[1])
-        table.write_samples.append(io[2])
-        table.write_bytes.append(io[3])
-    return JobIOTable(
-        table.job_ids,
-        table.read_samples,
-        table.read_bytes,
-        table.write_samples,
-        table.write_bytes,
-        problems,
-    )
+        for column, value in zip(columns, io, strict=True):
+            column.append(value)
+    read_samples, read_bytes, write_samples, write_bytes = columns
+    job_ids = [job.job_id for job in parsed.jobs]
+    return JobIOTable(job_ids, read_samples, read_bytes, write_samples, write_bytes, problems)

@@ -549,13 +549,12 @@ class FakeNvml:
         self._initialised()
         handle = self._new_handle(real.c_nvmlEventSet_t, "event-set")
         with self._lock:
-            self._event_sets[ctypes.cast(handle, ctypes.c_void_p).value or 0] = {}
+            self._event_sets[_address(handle)] = {}
         return handle
 
     def _event_set(self, event_set: Any) -> dict[int, int]:
-        address = ctypes.cast(event_set, ctypes.c_void_p).value or 0
         with self._lock:
-            registered = self._event_sets.get(address)
+            registered = self._event_sets.get(_address(event_set))
         if registered is None:
             raise nvml_error(real.NVML_ERROR_INVALID_ARGUMENT)
         return registered
@@ -603,10 +602,14 @@ class FakeNvml:
 
     def nvmlEventSetFree(self, eventSet: Any) -> None:
         self._count("nvmlEventSetFree")
-        address = ctypes.cast(eventSet, ctypes.c_void_p).value or 0
         with self._lock:
-            if self._event_sets.pop(address, None) is None:
+            if self._event_sets.pop(_address(eventSet), None) is None:
                 raise nvml_error(real.NVML_ERROR_INVALID_ARGUMENT)
+
+
+def _address(handle: Any) -> int:
+    """The pointer value behind a ctypes handle (what the fake keys its objects by)."""
+    return ctypes.cast(handle, ctypes.c_void_p).value or 0
 
 
 def _missing(name: str) -> Callable[..., Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client.metrics_core import Metric
 
@@ -70,10 +70,11 @@ class AbsentCollector(Collector):
         raise NoDataError("no such hardware here")
 
 
-def wait_until(predicate: object, timeout: float = 5.0) -> bool:
+def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
+    """Poll `predicate` until it is true; False when `timeout` seconds passed first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if callable(predicate) and predicate():
+        if predicate():
             return True
         time.sleep(0.01)
     return False

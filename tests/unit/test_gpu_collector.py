@@ -26,6 +26,7 @@ from hpcobs.exporters.collectors.gpu import GpuCollector, NvmlInitError
 from hpcobs.exporters.runtime.scrape import ScrapeCoordinator
 
 from fakes.pynvml_fake import FakeGpu, FakeNvml, FakeProcess, _missing, fleet
+from harness.collectors import wait_until
 from harness.runtime import Running
 
 pytestmark = pytest.mark.unit
@@ -464,9 +465,7 @@ def test_wedged_gpu_is_down_within_budget_and_not_piled_up(
     finally:
         gpus[5].hang.set()
         gpus[5].hang = None
-    deadline = time.monotonic() + 5
-    while any(t.name == "nvml-gpu5" for t in threading.enumerate()) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: not any(t.name == "nvml-gpu5" for t in threading.enumerate()))
     assert one(scrape(collector), "hpcobs_gpu_up", **gpu_labels(gpus[5])) == 1
 
 
@@ -543,11 +542,8 @@ def test_gpu_lost_at_start_is_enumerated_later(
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
+    if not wait_until(predicate, timeout):
+        raise AssertionError("condition not met in time")
 
 
 def xid_threads() -> list[threading.Thread]:
