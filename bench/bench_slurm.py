@@ -170,7 +170,7 @@ def bench_parse(text: str) -> None:
 
 
 def main() -> None:
-    from hpcobs.exporters.parse.slurm import SQUEUE_FORMAT
+    from hpcobs.exporters.slurm.portable import PortableBackend
 
     from harness.slurm import SlurmCluster
 
@@ -204,8 +204,9 @@ def main() -> None:
             for job in arrays:  # all tasks but the last (the array's own record) split off
                 cluster.run("scontrol", "update", f"jobid={job}_[0-{TASKS - 2}]", "Partition=bench")
             env = {**cluster.env, "SLURM_TIME_FORMAT": "%s", "TZ": "UTC"}
+            squeue = ["squeue", *PortableBackend.SQUEUE_ARGS]  # the exporter's own call
             out = subprocess.run(
-                ["squeue", "--all", "--noheader", "--states=all", "--Format", SQUEUE_FORMAT],
+                squeue,
                 capture_output=True,
                 text=True,
                 env=env,
@@ -222,12 +223,7 @@ def main() -> None:
             if records < ARRAYS * TASKS:
                 raise RuntimeError(f"expected {ARRAYS * TASKS} job records, squeue shows {records}")
             t0 = time.monotonic()
-            subprocess.run(
-                ["squeue", "--all", "--noheader", "--states=all", "--Format", SQUEUE_FORMAT],
-                capture_output=True,
-                env=env,
-                check=True,
-            )
+            subprocess.run(squeue, capture_output=True, env=env, check=True)
             print(f"squeue alone: {time.monotonic() - t0:.3f} s for {records} jobs", flush=True)
             report(f"{records} job records", run_exporter(cluster, work, CYCLES))
             bench_parse(out)

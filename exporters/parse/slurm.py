@@ -697,7 +697,7 @@ _N_SINFO = len(SINFO_FIELDS)
 def parse_sinfo(text: str) -> ParsedNodes:
     """`sinfo --Node --noheader -O SINFO_FORMAT` (one line per node and partition) → nodes."""
     out = ParsedNodes()
-    by_name: dict[str, Node] = {}
+    first: dict[str, list[str]] = {}  # node → the fields of its first line
     parts: dict[str, list[str]] = {}
     for line in text.splitlines():
         if not line.strip():
@@ -709,17 +709,22 @@ def parse_sinfo(text: str) -> ParsedNodes:
                 out.first_bad = line[:200]
             out.bad_lines += 1
             continue
-        name, partition, state, cpus_state, memory, alloc_mem, gres, gres_used, reason = f
-        name = name.strip()
+        name, partition = f[0].strip(), f[1].strip()
+        if name not in first:
+            first[name] = f
+            parts[name] = []
+        if partition and partition != "(null)" and partition not in parts[name]:
+            parts[name].append(partition)
+    for name, f in first.items():
+        _, _, state, cpus_state, memory, alloc_mem, gres, gres_used, reason = f
         cpu = cpus_state.split("/")
         if len(cpu) != 4:
             cpu = ["0", "0", "0", "0"]
-        partition = partition.strip()
-        if name not in by_name:
-            reason = reason.strip()
-            by_name[name] = Node(
+        reason = reason.strip()
+        out.nodes.append(
+            Node(
                 name=name,
-                partitions=(),
+                partitions=tuple(parts[name]),
                 state=node_state(state),
                 raw_state=state.strip(),
                 cpus=parse_int(cpu[3]),
@@ -729,24 +734,6 @@ def parse_sinfo(text: str) -> ParsedNodes:
                 gpus=gpu_count(parse_gres(gres)),
                 gpus_allocated=gpu_count(parse_gres(gres_used)),
                 reason="" if reason in ("none", "(null)") else reason,
-            )
-            parts[name] = []
-        if partition and partition != "(null)" and partition not in parts[name]:
-            parts[name].append(partition)
-    for name, node in by_name.items():
-        out.nodes.append(
-            Node(
-                name=node.name,
-                partitions=tuple(parts[name]),
-                state=node.state,
-                raw_state=node.raw_state,
-                cpus=node.cpus,
-                cpus_allocated=node.cpus_allocated,
-                memory_bytes=node.memory_bytes,
-                memory_allocated_bytes=node.memory_allocated_bytes,
-                gpus=node.gpus,
-                gpus_allocated=node.gpus_allocated,
-                reason=node.reason,
             )
         )
     return out
@@ -840,6 +827,7 @@ _SDIAG_BACKFILL = {
     "Last depth cycle": "backfill_last_depth",
     "Last queue length": "backfill_last_queue_length",
 }
+_SDIAG_SECTIONS = {"top": _SDIAG_TOP, "main": _SDIAG_MAIN, "backfill": _SDIAG_BACKFILL}
 _RPC = re.compile(
     r"^\s*([A-Z][A-Z0-9_]*)\s+\(\s*\d+\)\s+count:(\d+)\s+ave_time:\d+\s+total_time:(\d+)"
 )
@@ -872,7 +860,7 @@ def parse_sdiag(text: str) -> SchedulerStats:
         key, sep, value = stripped.partition(":")
         if not sep:
             continue
-        table = {"top": _SDIAG_TOP, "main": _SDIAG_MAIN, "backfill": _SDIAG_BACKFILL}.get(section)
+        table = _SDIAG_SECTIONS.get(section)
         if table is None:
             continue
         attr = table.get(key.strip())

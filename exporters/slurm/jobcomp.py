@@ -76,7 +76,6 @@ class JobcompTail:
         self.chunk_bytes = chunk_bytes
         self.readable = False
         self.bad_lines = 0
-        self.read_bytes = 0
         self._once = OnceLog(log)
 
     def read(self) -> Iterator[list[Job]]:
@@ -165,7 +164,6 @@ class JobcompTail:
     def _advance(self, pos: Position, f: BinaryIO, consumed: int) -> None:
         before = pos.offset
         pos.offset += consumed
-        self.read_bytes += consumed
         if before < HEAD_BYTES:
             here = f.tell()
             f.seek(0)

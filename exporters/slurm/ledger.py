@@ -193,8 +193,6 @@ class Ledger:
                 self.hwm = job.job_id
         if complete:
             self._prune(jobs)
-        if events:
-            self.generation += 1
         return events
 
     def view(self) -> LedgerView:
@@ -262,14 +260,12 @@ class Ledger:
         self._exceed(job, wait)
         self.generation += 1
 
-    def _exceed(self, job: Job, waited: float) -> int:
-        new = 0
+    def _exceed(self, job: Job, waited: float) -> None:
         for threshold in self.thresholds:
             if waited < threshold:
                 break
             for task in job.task_ids():
-                new += self._mark(job.base_id, task, threshold, job.partition)
-        return new
+                self._mark(job.base_id, task, threshold, job.partition)
 
     def _mark(self, base: int, task: int, threshold: float, partition: str) -> int:
         by_threshold = self._keys.exceeded.setdefault(base, {})

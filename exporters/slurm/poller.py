@@ -130,17 +130,16 @@ def summarize_nodes(nodes: Sequence[Node], at: float, max_reasons: int) -> Nodes
         if node.state in REASON_STATES:
             reasons.append((node.name, node.state, node.reason[:MAX_REASON_CHARS]))
     reasons.sort()
-    partitions = frozenset(p for node in nodes for p in node.partitions)
     return NodesView(
         at=at,
         by_state=dict(by_state),
-        cpus={p: cpus[p] for p in partitions},
-        cpus_allocated={p: cpus_alloc[p] for p in partitions},
-        gpus={p: gpus[p] for p in partitions},
-        gpus_allocated={p: gpus_alloc[p] for p in partitions},
+        cpus=dict(cpus),
+        cpus_allocated=dict(cpus_alloc),
+        gpus=dict(gpus),
+        gpus_allocated=dict(gpus_alloc),
         reasons=tuple(reasons[:max_reasons]),
         reasons_dropped=max(0, len(reasons) - max_reasons),
-        partitions=partitions,
+        partitions=frozenset(p for p, _ in by_state),
     )
 
 
@@ -322,9 +321,7 @@ class Poller:
             tracked_jobs=self.ledger.tracked_jobs(),
             jobcomp_readable=None if self.jobcomp is None else self.jobcomp.readable,
             jobcomp_bad_lines=0 if self.jobcomp is None else self.jobcomp.bad_lines,
-            jobcomp_offset=0
-            if self.jobcomp is None or self.jobcomp.position is None
-            else self.jobcomp.position.offset,
+            jobcomp_offset=self._jobcomp_offset() or 0,
         )
         return ok
 
@@ -353,16 +350,19 @@ class Poller:
             )
         self._failing = message
 
+    def _jobcomp_offset(self) -> int | None:
+        if self.jobcomp is None or self.jobcomp.position is None:
+            return None
+        return self.jobcomp.position.offset
+
     def _persist(self) -> dict[str, Any]:
         """Save the ledger (and jobcomp position) if it changed; publish counters once saved."""
-        offset = None
-        if self.jobcomp is not None and self.jobcomp.position is not None:
-            offset = self.jobcomp.position.offset
-        marker = (self.ledger.generation, offset)
-        if self.state_file is None:
-            return {"ledger": self.ledger.view()}
+        marker = (self.ledger.generation, self._jobcomp_offset())
         if marker == self._saved:
             return {}
+        if self.state_file is None:
+            self._saved = marker
+            return {"ledger": self.ledger.view()}
         doc: dict[str, Any] = {"saved_at": self.clock(), "ledger": self.ledger.to_state()}
         if self.jobcomp is not None and self.jobcomp.position is not None:
             doc["jobcomp"] = {"path": str(self.jobcomp.path), **self.jobcomp.position.to_state()}

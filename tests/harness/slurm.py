@@ -277,21 +277,22 @@ def _kill(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def _processes_with_env(name: str, value: str) -> set[int]:
-    """PIDs whose environment has ``name=value`` (only those this user may read)."""
+def _processes_with_env(name: str, value: str) -> dict[int, list[bytes]]:
+    """PIDs whose environment has ``name=value`` (only those this user may read), each with
+    its whole environment (``NAME=value`` entries)."""
     needle = f"{name}={value}".encode()
-    found: set[int] = set()
+    found: dict[int, list[bytes]] = {}
     me = os.getpid()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
         try:
             with open(f"/proc/{entry.name}/environ", "rb") as f:
-                environ = f.read()
+                environ = f.read().split(b"\0")
         except OSError:
             continue
-        if needle in environ.split(b"\0"):
-            found.add(int(entry.name))
+        if needle in environ:
+            found[int(entry.name)] = environ
     return found
 
 
@@ -776,15 +777,12 @@ class SlurmCluster:
             except (OSError, IndexError, ValueError):
                 break
         found: set[int] = set()
-        for pid in _processes_with_env("SLURM_CONF", str(self.conf_path)) - ours - ancestors:
-            if not _alive(pid):
+        for pid, environ in _processes_with_env("SLURM_CONF", str(self.conf_path)).items():
+            if pid in ours or pid in ancestors or not _alive(pid):
                 continue
-            comm = _proc_comm(pid)
-            try:
-                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if comm == "slurmstepd" or any(e.startswith(b"SLURM_JOB_ID=") for e in environ):
+            if _proc_comm(pid) == "slurmstepd" or any(
+                e.startswith(b"SLURM_JOB_ID=") for e in environ
+            ):
                 found.add(pid)
         return found
 

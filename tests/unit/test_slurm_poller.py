@@ -40,23 +40,28 @@ T0 = 1_800_000_000.0
 DATA = Path(__file__).resolve().parent.parent / "data" / "slurm"
 
 
+def job(job_id: int, state: str, **kw: Any) -> Job:
+    fields: dict[str, Any] = {
+        "job_id": job_id,
+        "array_job_id": job_id,
+        "array_tasks": "",
+        "partition": "debug",
+        "state": state,
+        "reason": "",
+        "eligible_time": 0,
+        "start_time": 0,
+        "end_time": 0,
+        "cpus": 1,
+        "memory_bytes": 0,
+        "gpus": 0,
+        "licenses": (),
+        "nodes": "n1",
+    }
+    return make_job(**{**fields, **kw})
+
+
 def finished(job_id: int, state: str = "completed", end: int = int(T0) - 10) -> Job:
-    return make_job(
-        job_id=job_id,
-        array_job_id=job_id,
-        array_tasks="",
-        partition="debug",
-        state=state,
-        reason="",
-        eligible_time=end - 100,
-        start_time=end - 50,
-        end_time=end,
-        cpus=1,
-        memory_bytes=0,
-        gpus=0,
-        licenses=(),
-        nodes="n1",
-    )
+    return job(job_id, state, eligible_time=end - 100, start_time=end - 50, end_time=end)
 
 
 class FakeBackend(Backend):
@@ -450,22 +455,7 @@ def test_counters_of_a_known_partition_start_at_zero() -> None:
     partition must move an existing 0 series, not create one."""
     backend, clock = FakeBackend(), Clock()
     backend.job_list = [
-        make_job(
-            job_id=7,
-            array_job_id=7,
-            array_tasks="",
-            partition="gpu",
-            state="pending",
-            reason="",
-            eligible_time=int(T0) - 100,
-            start_time=0,
-            end_time=0,
-            cpus=4,
-            memory_bytes=0,
-            gpus=1,
-            licenses=(),
-            nodes="n1",
-        )
+        job(7, "pending", partition="gpu", eligible_time=int(T0) - 100, cpus=4, gpus=1)
     ]
     poller = make(backend, clock)
     assert poller.run_cycle()
