@@ -7,13 +7,14 @@ tests/real/test_alertmanager_inhibition.py.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from harness.servers import find_binary
 
 pytestmark = pytest.mark.unit
 
@@ -26,17 +27,10 @@ RULE_FILES = sorted(
 RECEIVER_OF_SEVERITY = {"page": "oncall", "ticket": "ticket"}
 
 
-def amtool() -> str:
-    path = shutil.which("amtool")
-    if path is None:
-        pytest.fail("amtool not found: install Debian's `prometheus-alertmanager`")
-    return path
-
-
 def routes_test(labels: dict[str, str], config: Path = CONFIG) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
-            amtool(),
+            find_binary("amtool"),
             "config",
             "routes",
             "test",
@@ -51,7 +45,10 @@ def routes_test(labels: dict[str, str], config: Path = CONFIG) -> subprocess.Com
 
 def test_amtool_check_config() -> None:
     proc = subprocess.run(
-        [amtool(), "check-config", str(CONFIG)], capture_output=True, text=True, timeout=30
+        [find_binary("amtool"), "check-config", str(CONFIG)],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS" in proc.stdout
@@ -64,7 +61,10 @@ def test_check_config_catches_a_broken_file(tmp_path: Path) -> None:
     bad = tmp_path / "alertmanager.yml"
     bad.write_text(yaml.safe_dump(doc))
     proc = subprocess.run(
-        [amtool(), "check-config", str(bad)], capture_output=True, text=True, timeout=30
+        [find_binary("amtool"), "check-config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode != 0
 
@@ -80,7 +80,7 @@ def test_verify_receivers_fails_on_the_wrong_receiver() -> None:
     """`--verify.receivers` makes amtool exit non-zero: the route check can fail."""
     proc = subprocess.run(
         [
-            amtool(),
+            find_binary("amtool"),
             "config",
             "routes",
             "test",
@@ -117,7 +117,7 @@ def test_every_alert_rule_reaches_the_receiver_of_its_severity() -> None:
 def test_job_alerts_use_a_route_grouped_by_job_id() -> None:
     tree = subprocess.run(
         [
-            amtool(),
+            find_binary("amtool"),
             "config",
             "routes",
             "test",

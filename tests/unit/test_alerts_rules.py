@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from harness.servers import find_binary
 
 pytestmark = pytest.mark.unit
 
@@ -46,13 +47,6 @@ REQUIRED = {
 RUNBOOK_SECTIONS = ("## What it means", "## What to check", "## What to do")
 
 
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool not found: install Debian's `prometheus` (scripts/bootstrap.sh)")
-    return path
-
-
 def alert_rules() -> list[dict[str, Any]]:
     rules = []
     for path in RULE_FILES:
@@ -72,7 +66,7 @@ def test_rule_and_test_files_exist() -> None:
 
 def test_promtool_check_rules() -> None:
     proc = subprocess.run(
-        [promtool(), "check", "rules", *map(str, RULE_FILES)],
+        [find_binary("promtool"), "check", "rules", *map(str, RULE_FILES)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -82,7 +76,7 @@ def test_promtool_check_rules() -> None:
 
 def test_promtool_test_rules() -> None:
     proc = subprocess.run(
-        [promtool(), "test", "rules", *(p.name for p in TEST_FILES)],
+        [find_binary("promtool"), "test", "rules", *(p.name for p in TEST_FILES)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -118,7 +112,10 @@ def test_a_wrong_expectation_fails_promtool(tmp_path: Path) -> None:
     path = tmp_path / "broken-test.yml"
     path.write_text(yaml.safe_dump(doc))
     proc = subprocess.run(
-        [promtool(), "test", "rules", str(path)], capture_output=True, text=True, timeout=60
+        [find_binary("promtool"), "test", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode != 0 and "FAILED" in proc.stdout + proc.stderr
 

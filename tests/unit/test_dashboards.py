@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
+from harness.servers import find_binary
+
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,13 +77,6 @@ SUBSTITUTIONS = {
     "$node": ".*",
     "$op": ".*",
 }
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool not found: install Debian's `prometheus` (scripts/bootstrap.sh)")
-    return path
 
 
 def committed() -> dict[str, dict[str, Any]]:
@@ -233,7 +228,10 @@ def test_every_query_is_valid_promql(tmp_path: Path) -> None:
     path = tmp_path / "queries.yml"
     path.write_text(yaml.safe_dump(rules, sort_keys=False))
     proc = subprocess.run(
-        [promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+        [find_binary("promtool"), "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if proc.returncode != 0:
         bad = re.findall(r"group \"dashboard-queries\", rule (\d+)", proc.stdout + proc.stderr)
@@ -248,7 +246,10 @@ def test_promql_check_catches_a_bad_query(tmp_path: Path) -> None:
         yaml.safe_dump({"groups": [{"name": "g", "rules": [{"record": "r", "expr": "sum(("}]}]})
     )
     proc = subprocess.run(
-        [promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+        [find_binary("promtool"), "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode != 0
 
@@ -330,7 +331,10 @@ def test_cost_per_successful_job_evaluates_to_the_hand_computed_value(tmp_path: 
     path = tmp_path / "cost-test.yml"
     path.write_text(yaml.safe_dump(test, sort_keys=False))
     proc = subprocess.run(
-        [promtool(), "test", "rules", str(path)], capture_output=True, text=True, timeout=60
+        [find_binary("promtool"), "test", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -23,19 +23,14 @@ from hpcobs.slo.cli import main
 from hpcobs.slo.loader import load_specs
 from hpcobs.slo.rules import RuleOptions, render
 
+from harness.servers import find_binary
+
 pytestmark = pytest.mark.unit
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "slo"
 EXAMPLES = Path(__file__).resolve().parents[2] / "slo" / "examples"
 SPECS = sorted(GOLDEN.glob("*.spec.yaml"))
 TESTS = sorted(GOLDEN.glob("*.test.yml"))
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool not found: run scripts/bootstrap.sh (Debian package prometheus)")
-    return path
 
 
 def generate(paths: list[Path]) -> str:
@@ -70,7 +65,9 @@ def test_examples_match_golden_file() -> None:
 def test_promtool_check_rules_accepts_generated_file(source: Path, tmp_path: Path) -> None:
     out = tmp_path / "rules.yml"
     out.write_text(generate([source]))
-    proc = subprocess.run([promtool(), "check", "rules", str(out)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [find_binary("promtool"), "check", "rules", str(out)], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS" in proc.stdout
 
@@ -84,7 +81,7 @@ def test_promtool_unit_tests_on_generated_rules(test_file: Path, tmp_path: Path)
     (tmp_path / f"{name}.rules.yml").write_text(generate([GOLDEN / f"{name}.spec.yaml"]))
     shutil.copy(test_file, tmp_path / test_file.name)
     proc = subprocess.run(
-        [promtool(), "test", "rules", test_file.name],
+        [find_binary("promtool"), "test", "rules", test_file.name],
         cwd=tmp_path,
         capture_output=True,
         text=True,
