@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: bootstrap test test-unit test-real demo bench lint docs gpu-check clean
+.PHONY: bootstrap test test-unit test-real demo bench lint docs golden gpu-check clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -28,6 +28,10 @@ lint: bootstrap
 
 gpu-check: bootstrap
 	scripts/gpu-check.sh
+
+# Rewrite the node exporter's whole-output goldens (tests/golden/node/) after an intended change.
+golden: bootstrap
+	$(PY) tests/harness/node_golden.py --write
 
 docs: bootstrap
 	$(PY) scripts/gen_metrics_doc.py > docs/metrics.md

@@ -27,7 +27,7 @@ from harness.slurm import SlurmCluster  # noqa: E402
 from harness.stack import Suite  # noqa: E402
 
 STATE = REPO / "demo-state"
-SHARED = REPO.parent / "shared" / "fixtures"
+FIXTURES = REPO / "tests" / "data" / "fixtures"
 
 
 def show(suite: Suite) -> None:
@@ -68,14 +68,14 @@ def show(suite: Suite) -> None:
 
 
 def main() -> int:
-    if not SHARED.is_dir():
-        print(f"demo: fixture trees not found at {SHARED}", file=sys.stderr)
+    if not FIXTURES.is_dir():
+        print(f"demo: fixture trees not found at {FIXTURES}", file=sys.stderr)
         return 1
     shutil.rmtree(STATE, ignore_errors=True)
     STATE.mkdir()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     cluster = SlurmCluster(STATE / "slurm")
-    suite = Suite(STATE / "suite", cluster, SHARED)
+    suite = Suite(STATE / "suite", cluster, FIXTURES)
     try:
         print("hpcobs demo: starting Slurm and the suite ...", flush=True)
         cluster.start()

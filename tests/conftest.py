@@ -24,7 +24,7 @@ if os.environ.get("CI") == "true":
 pytest_plugins = ["harness.servers", "harness.slurm", "harness.runtime"]
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
+FIXTURE_TREES = REPO / "tests" / "data" / "fixtures"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -45,8 +45,10 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_fixtures() -> Path:
-    """The read-only real-format fixture trees (../shared/fixtures); fail if absent."""
-    if not SHARED_FIXTURES.is_dir():
-        pytest.fail(f"shared fixture trees not found at {SHARED_FIXTURES}")
-    return SHARED_FIXTURES
+def fixture_trees() -> Path:
+    """The real-format fixture trees, as upstream lays them out (tests/data/fixtures; symlinks
+    kept, dangling ones included). Treat them as read-only: copy with `harness.trees.copy_tree`
+    before rewriting a counter."""
+    if not FIXTURE_TREES.is_dir():
+        pytest.fail(f"fixture trees not found at {FIXTURE_TREES}")
+    return FIXTURE_TREES

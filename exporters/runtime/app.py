@@ -61,6 +61,26 @@ def run_exporter(
     return serve(program, args, specs)
 
 
+class CollectorStartError(Exception):
+    """A collector refused its options; the daemon does not start half-blind."""
+
+
+def build_collectors(args: argparse.Namespace, specs: Sequence[CollectorSpec]) -> list[Collector]:
+    """The enabled collectors, built from the parsed flags. On a bad option, those already built
+    are closed and CollectorStartError names the collector."""
+    collectors: list[Collector] = []
+    for spec in enabled_collectors(args, specs):
+        try:
+            collector = spec.factory(args)
+        except Exception as exc:  # bad options: refuse to start rather than run half-blind
+            for started in collectors:
+                started.close()
+            raise CollectorStartError(f"collector {spec.name}: {exc}") from exc
+        collector.name = spec.name
+        collectors.append(collector)
+    return collectors
+
+
 def _fail(program: str, message: str) -> int:
     print(f"{program}: error: {message}", file=sys.stderr)
     return 1
@@ -83,16 +103,10 @@ def serve(
     except ValueError as exc:
         return _fail(program, f"--web.listen-address: {exc}")
 
-    collectors: list[Collector] = []
-    for spec in enabled_collectors(args, specs):
-        try:
-            collector = spec.factory(args)
-        except Exception as exc:  # bad options: refuse to start rather than run half-blind
-            for started in collectors:
-                started.close()
-            return _fail(program, f"collector {spec.name}: {exc}")
-        collector.name = spec.name
-        collectors.append(collector)
+    try:
+        collectors = build_collectors(args, specs)
+    except CollectorStartError as exc:
+        return _fail(program, str(exc))
 
     coordinator = ScrapeCoordinator(collectors, timeout=args.scrape_timeout)
     try:

@@ -16,7 +16,6 @@ of them by PID, in reverse order.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,20 +32,19 @@ from harness.servers import (
     WebhookReceiver,
 )
 from harness.slurm import SlurmCluster
+from harness.trees import copy_tree
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CLUSTER = "e2e"
 
 
-def node_fixture_root(shared_fixtures: Path, dest: Path) -> Path:
+def node_fixture_root(fixture_trees: Path, dest: Path) -> Path:
     """One node's /sys and /proc: the InfiniBand sysfs tree plus Lustre 2.10 client+server."""
-    shutil.copytree(shared_fixtures / "sysfs-infiniband-procfs" / "sys", dest / "sys")
-    lustre = shared_fixtures / "lustre-2.10-hpe"
-    shutil.copytree(lustre / "sys" / "fs", dest / "sys" / "fs", dirs_exist_ok=True)
-    shutil.copytree(lustre / "proc", dest / "proc")
-    for path in dest.rglob("*"):  # the shared trees are read-only; tests rewrite counters
-        path.chmod(0o755 if path.is_dir() else 0o644)
+    copy_tree(fixture_trees / "sysfs-infiniband-procfs" / "sys", dest / "sys")
+    lustre = fixture_trees / "lustre-2.10-hpe"
+    copy_tree(lustre / "sys" / "fs", dest / "sys" / "fs")
+    copy_tree(lustre / "proc", dest / "proc")
     return dest
 
 
@@ -87,13 +85,13 @@ class Suite:
         self,
         workdir: Path,
         slurm: SlurmCluster,
-        shared_fixtures: Path,
+        fixture_trees: Path,
         slo_spec: Path = REPO / "tests" / "data" / "e2e" / "slo.yaml",
         eval_interval: str = "2s",
     ) -> None:
         self.workdir = workdir
         self.slurm = slurm
-        self.shared_fixtures = shared_fixtures
+        self.fixture_trees = fixture_trees
         self.slo_spec = slo_spec
         self.eval_interval = eval_interval
         self.started: list[Any] = []
@@ -106,7 +104,7 @@ class Suite:
     # -- start ---------------------------------------------------------------------------
     def start(self) -> Suite:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        node_fixture_root(self.shared_fixtures, self.node_root)
+        node_fixture_root(self.fixture_trees, self.node_root)
         self.gpu_jobs.mkdir(exist_ok=True)
         subprocess.run(
             [str(BIN / "hpcobs-slo"), "rules", str(self.slo_spec), "-o", str(self.rules)],
@@ -319,7 +317,9 @@ class Suite:
         ports = sorted(p for p in ib.glob("*/ports/*") if (p / "counters").is_dir())
         (ports[0] / "state").write_text("1: DOWN\n")
         (ports[0] / "phys_state").write_text("3: Disabled\n")
-        imports = sorted((self.node_root / "proc" / "fs" / "lustre" / "osc").glob("*/import"))
+        # the client's own OSC (osc/*-osc-MDT0000 are the MDS's OSPs, symlinked from osp/)
+        osc = self.node_root / "proc" / "fs" / "lustre" / "osc"
+        imports = sorted(p / "import" for p in osc.iterdir() if not p.is_symlink())
         imports[0].write_text(imports[0].read_text().replace("state: FULL", "state: DISCONN"))
         self.bump_rdma_errors()
 

@@ -36,10 +36,10 @@ SUBSTITUTIONS = {
 
 @pytest.fixture
 def suite(
-    tmp_path: Path, slurm_cluster_factory: Callable[..., SlurmCluster], shared_fixtures: Path
+    tmp_path: Path, slurm_cluster_factory: Callable[..., SlurmCluster], fixture_trees: Path
 ) -> Iterator[Suite]:
     cluster = slurm_cluster_factory()
-    running = Suite(tmp_path / "suite", cluster, shared_fixtures)
+    running = Suite(tmp_path / "suite", cluster, fixture_trees)
     try:
         running.start()
         yield running

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ import pytest
 
 from harness.runtime import ExporterProcess
 from harness.servers import PrometheusFactory
+from harness.trees import copy_tree
 
 pytestmark = pytest.mark.real
 
@@ -81,9 +81,9 @@ class Bumper:
 
 
 @pytest.fixture
-def lustre_tree(shared_fixtures: Path, tmp_path: Path) -> Path:
+def lustre_tree(fixture_trees: Path, tmp_path: Path) -> Path:
     root = tmp_path / "lustre"
-    shutil.copytree(shared_fixtures / "lustre-2.10-hpe", root, symlinks=True)
+    copy_tree(fixture_trees / "lustre-2.10-hpe", root)
     return root
 
 

@@ -9,7 +9,6 @@ exports must have an hpcobs twin (by the table below) with the same value.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from harness.rdma import tree_builder
 from harness.runtime import ExporterProcess
 from harness.servers import NodeExporterFactory
+from harness.trees import copy_tree
 
 pytestmark = pytest.mark.real
 
@@ -185,11 +185,11 @@ def compare(node_exporter: NodeExporterFactory, exporter_factory: Factory, sysfs
 def test_real_fixture_tree_matches_node_exporter(
     node_exporter_factory: NodeExporterFactory,
     exporter_factory: Factory,
-    shared_fixtures: Path,
+    fixture_trees: Path,
     tmp_path: Path,
 ) -> None:
     sysfs = tmp_path / "sys"
-    shutil.copytree(shared_fixtures / "sysfs-infiniband-procfs" / "sys", sysfs)
+    copy_tree(fixture_trees / "sysfs-infiniband-procfs" / "sys", sysfs)
     # hfi1_0 (Omni-Path: no hca_type, "5: LinkUp"), mlx4_0 (2 ports), mlx5_0: 4 ports
     assert compare(node_exporter_factory, exporter_factory, sysfs) >= 4 * 20 + 3
 

@@ -22,8 +22,8 @@ YAML_PROPERTY = settings(PROPERTY, max_examples=50)
 
 
 @pytest.fixture(scope="module")
-def tree(shared_fixtures: Path) -> Path:
-    return shared_fixtures / "lustre-2.10-hpe" / "proc" / "fs" / "lustre"
+def tree(fixture_trees: Path) -> Path:
+    return fixture_trees / "lustre-2.10-hpe" / "proc" / "fs" / "lustre"
 
 
 # -- the real files ------------------------------------------------------------------------------
@@ -106,10 +106,24 @@ def test_brw_stats_of_the_fixture(tree: Path) -> None:
     assert len(brw.sections["discontiguous pages"]) == 32
 
 
-def test_brw_stats_symlink_text_is_not_a_table(tree: Path) -> None:
-    # the fixture stores obdfilter/<ost>/brw_stats, a symlink on a server, as its target path
-    brw = L.parse_brw_stats((tree / "obdfilter/lustrefs-OST0000/brw_stats").read_text())
-    assert brw.sections == {} and brw.problems == 1
+def test_brw_stats_through_the_obdfilter_symlink_is_the_osd_histogram(tree: Path) -> None:
+    # on an OSS, obdfilter/<ost>/brw_stats is a symlink into the osd; read through it, it is
+    # the osd's histogram, as `cat` shows it on the server
+    link = tree / "obdfilter/lustrefs-OST0000/brw_stats"
+    assert link.is_symlink()
+    assert str(link.readlink()) == "../../osd-zfs/lustrefs-OST0000/brw_stats"
+    through = L.parse_brw_stats(link.read_text())
+    direct = L.parse_brw_stats((tree / "osd-zfs/lustrefs-OST0000/brw_stats").read_text())
+    assert through == direct and through.problems == 0
+    assert through.sections["pages per bulk r/w"][0] == L.BrwRow(1, 13, 153)
+
+
+def test_the_fixture_keeps_upstreams_dangling_symlinks(tree: Path) -> None:
+    # three per OST point into an osd-zfs/<ost>/ that lacks them, as upstream lays them out
+    for ost in ("OST0000", "OST0002", "OST0004", "OST0006"):
+        for name in ("read_cache_enable", "writethrough_cache_enable", "readcache_max_filesize"):
+            link = tree / f"obdfilter/lustrefs-{ost}/{name}"
+            assert link.is_symlink() and not link.exists(), link
 
 
 def test_import_of_the_fixture(tree: Path) -> None:

@@ -22,6 +22,7 @@ from hpcobs.exporters.runtime.cli import parse_args
 from hpcobs.exporters.runtime.scrape import ScrapeCoordinator
 
 from harness.rdma import tree_builder
+from harness.trees import copy_tree
 
 pytestmark = pytest.mark.unit
 
@@ -88,15 +89,9 @@ def ports_of(sysfs: Path) -> Iterator[tuple[str, str, Path]]:
 
 
 @pytest.fixture
-def fixture_sysfs(shared_fixtures: Path, tmp_path: Path) -> Path:
+def fixture_sysfs(fixture_trees: Path, tmp_path: Path) -> Path:
     """A writable copy of the real-format tree of the Prometheus procfs project."""
-    src = shared_fixtures / "sysfs-infiniband-procfs" / "sys"
-    dst = tmp_path / "sys"
-    shutil.copytree(src, dst)
-    for root, dirs, files in os.walk(dst):
-        for name in dirs + files:
-            os.chmod(os.path.join(root, name), 0o755 if name in dirs else 0o644)
-    return dst
+    return copy_tree(fixture_trees / "sysfs-infiniband-procfs" / "sys", tmp_path / "sys")
 
 
 @pytest.fixture
@@ -386,6 +381,27 @@ def test_bad_files_are_skipped_and_reported_once(
         (port / "counters" / "symbol_error").write_text("x\n")
         collector.collect()
     assert len(bad_file_logs(caplog, port / "counters" / "symbol_error")) == 1
+
+
+def test_a_dangling_symlink_is_a_missing_file(
+    tmp_path: Path, collectors: list[RdmaCollector], caplog: pytest.LogCaptureFixture
+) -> None:
+    tree = trees.build_tree(tmp_path / "sys", hcas=1, ports=1)
+    port = tree.ib("mlx5_0", "ports", "1")
+    for name in ("counters/symbol_error", "hw_counters/out_of_buffer"):
+        (port / name).unlink()
+        (port / name).symlink_to(tmp_path / "nowhere")
+    collector = make(collectors, tree.sysfs)
+    with caplog.at_level(logging.DEBUG, logger="hpcobs.rdma"):
+        for _ in range(2):
+            got = samples(collector.collect())
+            labels = dict(device="mlx5_0", port="1")
+            assert key("hpcobs_rdma_port_symbol_errors_total", **labels) not in got
+            assert (
+                key("hpcobs_rdma_hw_counters_total", **labels, counter="out_of_buffer") not in got
+            )
+            assert key("hpcobs_rdma_port_link_downed_total", **labels) in got
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO], caplog.records
 
 
 def test_counter_going_backwards_is_exported_and_reported_once(
