@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: bootstrap test test-unit test-real demo bench lint docs golden gpu-check clean
+.PHONY: bootstrap test test-unit test-real test-floor test-compat demo bench lint docs golden gpu-check clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -16,6 +16,14 @@ test-unit: bootstrap
 
 test-real: bootstrap
 	$(PY) -m pytest tests -m real $(PYTEST_ARGS)
+
+# The suite against the lowest dependency versions pyproject.toml allows (build/floor-venv).
+test-floor: bootstrap
+	scripts/test-floor.sh $(PYTEST_ARGS)
+
+# The version matrix: Slurm, Prometheus and Alertmanager versions sites run (docs/install.md §7).
+test-compat: bootstrap
+	$(PY) scripts/compat/run.py $(COMPAT_ARGS)
 
 demo: bootstrap
 	$(PY) scripts/demo.py

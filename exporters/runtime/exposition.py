@@ -13,7 +13,10 @@ against prometheus_client on generated families) with, per encoding call,
 
 and hand anything unusual (native histograms, non-default escaping or versions) to
 prometheus_client itself. `choose_encoder()` is prometheus_client's, with these swapped in
-where they apply.
+where they apply. The escaping is our own (exporters/runtime/escape.py): no private
+prometheus_client name is used (their signatures change between releases). The bytes are
+those of prometheus_client 0.26, the floor in pyproject.toml (older ones write exponents as
+"e+010" and differ in name escaping and exemplar rules).
 """
 
 from __future__ import annotations
@@ -27,7 +30,15 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.utils import floatToGoString
 
-UNDERSCORES = openmetrics.UNDERSCORES
+from hpcobs.exporters.runtime.escape import (
+    UNDERSCORES,
+    escape_help,
+    escape_label_name,
+    escape_label_value,
+    escape_metric_name,
+    exemplar_suffix,
+    underscore_label_runes,
+)
 
 
 class _Collectable(Protocol):
@@ -61,15 +72,13 @@ class _Names:
     def metric(self, name: str) -> str:
         escaped = self.metric_names.get(name)
         if escaped is None:
-            escaped = self.metric_names[name] = openmetrics.escape_metric_name(name, UNDERSCORES)
+            escaped = self.metric_names[name] = escape_metric_name(name)
         return escaped
 
     def om_sample(self, name: str) -> str:
         escaped = self.sample_names.get(name)
         if escaped is None:
-            escaped = self.sample_names[name] = openmetrics._escape(
-                name, UNDERSCORES, openmetrics._is_legacy_labelname_rune
-            )
+            escaped = self.sample_names[name] = underscore_label_runes(name)
         return escaped
 
     def labels(self, labels: dict[str, str]) -> str:
@@ -101,14 +110,8 @@ _RENDERED_MAX = 100_000
 def _render(items: tuple[tuple[str, str], ...]) -> str:
     parts = []
     for key, value in sorted(items):
-        name = openmetrics.escape_label_name(key, UNDERSCORES)
-        value = value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-        parts.append(f'{name}="{value}"')
+        parts.append(f'{escape_label_name(key)}="{escape_label_value(value)}"')
     return ",".join(parts)
-
-
-def _help(text: str) -> str:
-    return text.replace("\\", r"\\").replace("\n", r"\n")
 
 
 _OM_SUFFIXES = ("_created", "_gsum", "_gcount")
@@ -137,7 +140,7 @@ def generate_text(registry: _Collectable) -> bytes:
             elif mtype == "unknown":
                 mtype = "untyped"
             escaped = names.metric(mname)
-            append(f"# HELP {escaped} {_help(metric.documentation)}\n")
+            append(f"# HELP {escaped} {escape_help(metric.documentation)}\n")
             append(f"# TYPE {escaped} {mtype}\n")
             special = {metric.name + suffix: suffix for suffix in _OM_SUFFIXES}
             # The per-sample work, inlined: this loop is most of a scrape's encoding time.
@@ -178,7 +181,7 @@ def generate_text(registry: _Collectable) -> bytes:
             raise
         for suffix, lines in sorted(om_samples.items()):
             escaped = names.metric(metric.name + suffix)
-            append(f"# HELP {escaped} {_help(metric.documentation)}\n")
+            append(f"# HELP {escaped} {escape_help(metric.documentation)}\n")
             append(f"# TYPE {escaped} gauge\n")
             output.extend(lines)
     return "".join(output).encode("utf-8")
@@ -208,14 +211,14 @@ def generate_openmetrics(registry: _Collectable) -> bytes:
             continue
         try:
             escaped = names.metric(metric.name)
-            append(f"# HELP {escaped} {_help_om(metric.documentation)}\n")
+            append(f"# HELP {escaped} {escape_label_value(metric.documentation)}\n")
             append(f"# TYPE {escaped} {metric.type}\n")
             if metric.unit:
                 append(f"# UNIT {escaped} {metric.unit}\n")
             for s in metric.samples:
                 labels = f"{{{names.labels(s.labels)}}}" if s.labels else ""
                 exemplar = (
-                    openmetrics._compose_exemplar_string(metric, s, s.exemplar)  # type: ignore[no-untyped-call]
+                    exemplar_suffix(metric.type, metric.name, s.name, s.exemplar)
                     if s.exemplar
                     else ""
                 )
@@ -227,10 +230,6 @@ def generate_openmetrics(registry: _Collectable) -> bytes:
             raise
     append("# EOF\n")
     return "".join(output).encode("utf-8")
-
-
-def _help_om(text: str) -> str:
-    return text.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
 class _One:
