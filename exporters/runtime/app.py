@@ -119,6 +119,9 @@ def serve(
             web=web,
             telemetry_path=args.web_telemetry_path,
             max_requests=args.web_max_requests,
+            max_connections=args.web_max_connections,
+            idle_timeout=args.web_idle_timeout,
+            read_header_timeout=args.web_read_header_timeout,
         )
     except (OSError, ValueError) as exc:
         coordinator.close()

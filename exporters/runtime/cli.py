@@ -26,6 +26,11 @@ import yaml
 
 from hpcobs.exporters.runtime.collector import CollectorSpec
 from hpcobs.exporters.runtime.log import FORMATS, LEVELS
+from hpcobs.exporters.runtime.server import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_READ_HEADER_TIMEOUT,
+)
 from hpcobs.exporters.version import VERSION
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
@@ -52,6 +57,14 @@ def parse_duration(text: str) -> float:
     if pos != len(text) or not text:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 10s, 1m30s, 500ms)")
     return total
+
+
+def positive_duration(text: str) -> float:
+    """An argparse `type=` for durations that must be above zero (`parse_duration` allows 0)."""
+    value = parse_duration(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above zero, not {text!r}")
+    return value
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -139,6 +152,33 @@ def exporter_parser(program: str, description: str, default_listen: str) -> argp
         default=40,
         metavar="N",
         help="maximum concurrent requests, 0 for no limit (default 40)",
+    )
+    web.add_argument(
+        "--web.max-connections",
+        dest="web_max_connections",
+        type=int_at_least(1),
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="maximum open connections; more are answered 503 and closed "
+        f"(default {DEFAULT_MAX_CONNECTIONS})",
+    )
+    web.add_argument(
+        "--web.idle-timeout",
+        dest="web_idle_timeout",
+        type=positive_duration,
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="DURATION",
+        help="close a keep-alive connection when no request starts within this time "
+        f"(default {DEFAULT_IDLE_TIMEOUT:g}s)",
+    )
+    web.add_argument(
+        "--web.read-header-timeout",
+        dest="web_read_header_timeout",
+        type=positive_duration,
+        default=DEFAULT_READ_HEADER_TIMEOUT,
+        metavar="DURATION",
+        help="close a connection whose request line and headers take longer than this "
+        f"(default {DEFAULT_READ_HEADER_TIMEOUT:g}s)",
     )
     web.add_argument(
         "--scrape.timeout",

@@ -7,11 +7,17 @@
   scrapes wait on that same run instead of starting another one, so a wedged driver costs one
   thread, not one per scrape, and two Prometheus servers scraping at once share one read.
 - State changes (up → down, down → up) are logged once, not on every scrape.
+- A client's shorter deadline (Prometheus' scrape-timeout header) bounds that client's wait,
+  never below `min_timeout` nor above `timeout`. A collector that misses only such a shortened
+  deadline is `up 0` in that answer but its recorded state (landing page, logs) is unchanged:
+  no client can mark a collector down for everyone, or make the log flap, by asking for less
+  time. It is recorded down when it fails, or when its run exceeds the configured `timeout`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -40,6 +46,8 @@ METRICS = (UP, DURATION)
 
 log = logging.getLogger("hpcobs.scrape")
 
+MIN_TIMEOUT = 0.25  # the shortest deadline a client's scrape-timeout header can ask for
+
 
 @dataclass
 class CollectorState:
@@ -62,14 +70,17 @@ class _Result:
 class ScrapeCoordinator:
     """A prometheus_client custom collector that fans out to hpcobs collectors."""
 
-    def __init__(self, collectors: Sequence[Collector], timeout: float) -> None:
-        if timeout <= 0:
+    def __init__(
+        self, collectors: Sequence[Collector], timeout: float, min_timeout: float = MIN_TIMEOUT
+    ) -> None:
+        if not timeout > 0 or not min_timeout > 0:
             raise ValueError("scrape timeout must be positive")
         names = [c.name for c in collectors]
         if len(set(names)) != len(names) or not all(names):
             raise ValueError(f"collector names must be unique and non-empty: {names}")
         self.collectors = {c.name: c for c in collectors}
         self.timeout = timeout
+        self.min_timeout = min(min_timeout, timeout)
         self._lock = threading.Lock()
         self._inflight: dict[str, tuple[float, Future[_Result]]] = {}
         self._states = {n: CollectorState(n) for n in names}
@@ -81,10 +92,12 @@ class ScrapeCoordinator:
     def scrape(
         self, only: Iterable[str] | None = None, timeout: float | None = None
     ) -> Iterator[Metric]:
-        """Collect `only` these collectors (default all) within `timeout` seconds."""
+        """Collect `only` these collectors (default all) within `timeout` seconds, clamped to
+        [min_timeout, the configured timeout]; None or a value that is not a positive number:
+        the configured timeout."""
         wanted = None if only is None else set(only)
         names = [n for n in self.collectors if wanted is None or n in wanted]
-        budget = self.timeout if timeout is None else max(0.001, min(timeout, self.timeout))
+        budget = self.budget(timeout)
         started = time.monotonic()
         futures = {name: self._submit(name) for name in names}
         wait_futures([f for _, f in futures.values()], timeout=budget)
@@ -100,12 +113,23 @@ class ScrapeCoordinator:
                 self._record(name, ok, result.duration, result.error)
                 took = result.duration
             else:
+                ok = False
                 took = time.monotonic() - min(submitted, started)
-                self._record(name, False, took, TimeoutError(f"no result within {budget:g}s"))
-            up.add_metric([name], 1.0 if self._states[name].up else 0.0)
+                if budget >= self.timeout or took >= self.timeout:
+                    error = TimeoutError(f"no result within {self.timeout:g}s")
+                    self._record(name, False, took, error)
+                # else: only this client's shorter deadline was missed; the run goes on and
+                # its outcome is recorded by the next scrape that sees it finished
+            up.add_metric([name], 1.0 if ok else 0.0)
             duration.add_metric([name], took)
         yield up
         yield duration
+
+    def budget(self, timeout: float | None) -> float:
+        """The deadline a scrape asking for `timeout` seconds gets."""
+        if timeout is None or not math.isfinite(timeout) or timeout <= 0:
+            return self.timeout
+        return min(self.timeout, max(self.min_timeout, timeout))
 
     # -- internals ---------------------------------------------------------------------
     def _submit(self, name: str) -> tuple[float, Future[_Result]]:

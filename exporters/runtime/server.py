@@ -6,7 +6,14 @@
   shortens the collectors' deadline so the answer arrives before Prometheus gives up.
 - TLS is negotiated per connection in the handler thread, so a slow or plain-HTTP client
   never blocks `accept()`. A plain HTTP request to an HTTPS listener gets `400`.
-- Basic auth applies to every path; a request without valid credentials gets `401`.
+- Basic auth applies to every path and is checked before a request slot is taken: without
+  valid credentials `401`; `429` with `Retry-After` when the client address has failed too
+  often lately or all bcrypt verifiers are busy (verified credentials are cached and pass).
+- Connections: at most `max_connections` at once (more are refused with `503` by the accepting
+  thread, no thread is started for them); a request's line and headers must arrive within
+  `read_header_timeout`, the next request on a keep-alive connection within `idle_timeout`.
+  HTTP/1.0 keep-alive is answered `Connection: keep-alive`; HTTP/0.9 gets `400` and is closed.
+- `:port` and `[::]:port` listen on IPv6 and IPv4 (one dual-stack socket), as node_exporter.
 """
 
 from __future__ import annotations
@@ -14,12 +21,16 @@ from __future__ import annotations
 import contextlib
 import gzip
 import html
+import io
 import logging
+import math
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -27,12 +38,24 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client.metrics_core import Metric
 
 from hpcobs.exporters.runtime.exposition import choose_encoder
+from hpcobs.exporters.runtime.once import OnceLog
 from hpcobs.exporters.runtime.scrape import CollectorState, ScrapeCoordinator
-from hpcobs.exporters.runtime.webconfig import BasicAuth, WebConfig
+from hpcobs.exporters.runtime.webconfig import AuthOutcome, BasicAuth, WebConfig
 
 log = logging.getLogger("hpcobs.http")
 
 TLS_HANDSHAKE_TIMEOUT = 10.0
+DEFAULT_IDLE_TIMEOUT = 90.0
+DEFAULT_READ_HEADER_TIMEOUT = 10.0
+DEFAULT_MAX_CONNECTIONS = 64
+SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
+ENCODE_MARGIN = 0.5  # seconds kept back from Prometheus' timeout to encode and send, at most
+_OVER_CAPACITY_BODY = b"too many open connections\n"
+_OVER_CAPACITY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+    % (len(_OVER_CAPACITY_BODY), _OVER_CAPACITY_BODY)
+)
 _PLAIN_TO_TLS = (
     b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
     b"Connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
@@ -49,6 +72,31 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     elif ":" in host:
         raise ValueError(f"IPv6 listen addresses need brackets, e.g. [::1]:9946, not {address!r}")
     return host, int(port)
+
+
+def scrape_timeout_from_header(value: str | None) -> float | None:
+    """Prometheus' `X-Prometheus-Scrape-Timeout-Seconds` → the collectors' deadline: the
+    timeout less a margin to encode and send (10 %, at most 0.5 s). None (no client deadline)
+    when absent or not a finite positive number."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    if not math.isfinite(seconds) or seconds <= 0:
+        return None
+    return seconds - min(ENCODE_MARGIN, 0.1 * seconds)
+
+
+def _ipv6_available() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()
+    except OSError:
+        return False
+    return True
 
 
 class _Registry:
@@ -77,9 +125,21 @@ class ExporterServer(ThreadingHTTPServer):
         web: WebConfig | None = None,
         telemetry_path: str = "/metrics",
         max_requests: int = 40,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        read_header_timeout: float = DEFAULT_READ_HEADER_TIMEOUT,
     ) -> None:
-        host, _ = address
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        host, port = address
+        # `:port` and `[::]:port`: one IPv6 socket that takes IPv4 too (IPV6_V6ONLY=0); where
+        # the kernel has no IPv6, `:port` falls back to IPv4. `0.0.0.0:port` stays IPv4 only.
+        self.dual_stack = host in ("", "::") and _ipv6_available()
+        if self.dual_stack:
+            address = ("::", port)
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        if not idle_timeout > 0 or not read_header_timeout > 0:
+            raise ValueError("idle and read-header timeouts must be positive")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
         if not telemetry_path.startswith("/") or telemetry_path in ("/", "/healthz"):
             raise ValueError(
                 f"telemetry path must start with / and not be / or /healthz: {telemetry_path!r}"
@@ -92,8 +152,20 @@ class ExporterServer(ThreadingHTTPServer):
         self.auth = BasicAuth(self.web.users)
         self.telemetry_path = telemetry_path
         self.slots = threading.BoundedSemaphore(max_requests) if max_requests > 0 else None
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.read_header_timeout = read_header_timeout
+        self.connections = 0  # open connections, each with its handler thread
+        self._connections_lock = threading.Lock()
+        self._refusals = OnceLog(log)
         self.started = time.time()
         super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        if self.dual_stack:
+            with contextlib.suppress(OSError, AttributeError):
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
 
     @property
     def url(self) -> str:
@@ -101,6 +173,53 @@ class ExporterServer(ThreadingHTTPServer):
         shown = f"[{host}]" if ":" in host else host
         scheme = "https" if self.web.tls else "http"
         return f"{scheme}://{shown}:{port}"
+
+    # -- connections ------------------------------------------------------------------------
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """In the accepting thread: over `max_connections`, answer 503 and close, no thread."""
+        with self._connections_lock:
+            admitted = self.connections < self.max_connections
+            if admitted:
+                self.connections += 1
+        if not admitted:
+            self._refuse(request, client_address)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: nothing will release the slot
+            self._release_connection()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release_connection()
+
+    def _release_connection(self) -> None:
+        with self._connections_lock:
+            self.connections -= 1
+
+    def _refuse(self, request: Any, client_address: Any) -> None:
+        if self.web.ssl_context is None:  # a TLS client would need a handshake first
+            with contextlib.suppress(OSError):
+                request.send(_OVER_CAPACITY, socket.MSG_DONTWAIT)
+        self.shutdown_request(request)
+        self._refusals.warning(
+            "max-connections",
+            "connection limit reached, refusing new connections (logged once)",
+            max_connections=self.max_connections,
+            client=str(client_address[0]),
+        )
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that resets or times out is not worth a traceback on stderr."""
+        exc = sys.exc_info()[1]
+        client = str(client_address[0]) if client_address else ""
+        if isinstance(exc, OSError):
+            log.debug("connection error", extra={"client": client, "err": str(exc)})
+        else:
+            log.error("request failed", exc_info=True, extra={"client": client})
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Runs in the connection's thread: TLS handshake (or a 400 for plain HTTP), then HTTP."""
@@ -172,15 +291,83 @@ def _state_row(state: CollectorState) -> str:
     )
 
 
+class _DeadlineReader(socket.SocketIO):
+    """The connection's raw reader; while `deadline` (monotonic) is set, reads fail with
+    TimeoutError once it has passed, however slowly the bytes trickle in (slowloris)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock, "rb")
+        self.conn = sock
+        self.deadline: float | None = None
+
+    def readinto(self, b: Any) -> int | None:
+        if self.deadline is not None:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("deadline passed")
+            self.conn.settimeout(remaining)
+        return super().readinto(b)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: ExporterServer
     protocol_version = "HTTP/1.1"
-    server_version = "hpcobs"
-    timeout = 600  # idle keep-alive connections are closed after this many seconds
+    server_version = "hpcobs"  # no Python version in the `Server` header
     wbufsize = -1  # buffered: http.server flushes once per response
+    _reader: _DeadlineReader
+    _buffered: io.BufferedReader[_DeadlineReader]
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug(format % args, extra={"client": self.client_address[0]})
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def setup(self) -> None:
+        super().setup()
+        # the socket timeout bounds writing a response; reading is bounded by deadlines
+        self.connection.settimeout(self.server.idle_timeout)
+        self.rfile.close()  # makefile()'s reader: replaced by one that keeps deadlines
+        self._reader = _DeadlineReader(self.connection)
+        self._buffered = self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        # The next request must start within the idle timeout, and its line and headers be
+        # complete within the read-header timeout; otherwise the connection is closed.
+        self._reader.deadline = time.monotonic() + self.server.idle_timeout
+        try:
+            started = self._buffered.peek(1)
+        except OSError:  # TimeoutError, reset
+            started = b""
+        if not started:
+            self.close_connection = True
+            return
+        self._reader.deadline = time.monotonic() + self.server.read_header_timeout
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        try:
+            raw: bytes = getattr(self, "raw_requestline", b"")
+            words = raw.split()
+            if len(words) == 2:
+                # HTTP/0.9 (no version, no headers follow): 400 now, not a wait for headers
+                self.requestline = str(raw, "iso-8859-1").rstrip("\r\n")
+                self.command, self.path = str(words[0], "iso-8859-1"), ""
+                self.request_version = self.protocol_version  # so the status line is sent
+                self.close_connection = True
+                self.send_error(HTTPStatus.BAD_REQUEST, "HTTP/0.9 requests are not supported")
+                return False
+            return super().parse_request()
+        finally:
+            self._reader.deadline = None
+            self.connection.settimeout(self.server.idle_timeout)
+
+    def end_headers(self) -> None:
+        # An HTTP/1.0 client keeps the connection only when told so; otherwise it waits for
+        # the close that never comes (`ab -k`).
+        if self.request_version == "HTTP/1.0" and not self.close_connection:
+            self.send_header("Connection", "keep-alive")
+        super().end_headers()
 
     def do_HEAD(self) -> None:
         self._serve(head=True)
@@ -189,6 +376,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(head=False)
 
     def _serve(self, head: bool) -> None:
+        # Credentials first: a request that fails them never holds a request slot.
+        try:
+            if not self._authorized(head):
+                return
+        except (BrokenPipeError, ConnectionResetError):
+            return
         slots = self.server.slots
         if slots is not None and not slots.acquire(blocking=False):
             self._reply(503, b"too many concurrent requests\n", "text/plain; charset=utf-8", head)
@@ -201,8 +394,14 @@ class _Handler(BaseHTTPRequestHandler):
             if slots is not None:
                 slots.release()
 
-    def _route(self, head: bool) -> None:
-        if not self.server.auth.check(self.headers.get("Authorization")):
+    def _authorized(self, head: bool) -> bool:
+        """Basic auth; answers 401 (bad credentials) or 429 (throttled, busy) itself."""
+        result = self.server.auth.authenticate(
+            self.headers.get("Authorization"), str(self.client_address[0])
+        )
+        if result.outcome is AuthOutcome.OK:
+            return True
+        if result.outcome is AuthOutcome.DENIED:
             self._reply(
                 401,
                 b"Unauthorized\n",
@@ -210,7 +409,17 @@ class _Handler(BaseHTTPRequestHandler):
                 head,
                 {"WWW-Authenticate": 'Basic realm="hpcobs"'},
             )
-            return
+            return False
+        body = (
+            b"too many failed authentication attempts from this address\n"
+            if result.outcome is AuthOutcome.THROTTLED
+            else b"too many authentication attempts in progress\n"
+        )
+        retry = {"Retry-After": str(max(1, math.ceil(result.retry_after)))}
+        self._reply(429, body, "text/plain; charset=utf-8", head, retry)
+        return False
+
+    def _route(self, head: bool) -> None:
         url = urlsplit(self.path)
         if url.path == self.server.telemetry_path:
             self._metrics(parse_qs(url.query), head)
@@ -229,13 +438,7 @@ class _Handler(BaseHTTPRequestHandler):
                 body = f"unknown collector(s) in collect[]: {', '.join(unknown)}\n".encode()
                 self._reply(400, body, "text/plain; charset=utf-8", head)
                 return
-        timeout = None
-        header = self.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
-        if header:
-            try:
-                timeout = float(header) - 0.5  # leave time to encode and send
-            except ValueError:
-                timeout = None
+        timeout = scrape_timeout_from_header(self.headers.get(SCRAPE_TIMEOUT_HEADER))
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
         body = encoder(_Registry(lambda: self.server.metrics(only, timeout)))
         extra = {}

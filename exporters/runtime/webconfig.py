@@ -21,11 +21,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import hashlib
 import hmac
+import ipaddress
+import logging
+import os
+import secrets
 import ssl
 import threading
-from collections import OrderedDict
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +70,8 @@ _TLS_FIELDS = {
 }
 _HTTP_FIELDS = {"http2", "headers"}
 _TOP_FIELDS = {"tls_server_config", "http_server_config", "basic_auth_users"}
+log = logging.getLogger("hpcobs.http")
+
 # Headers exporter-toolkit refuses to let a config override.
 _FORBIDDEN_HEADERS = {"authorization", "content-type", "content-encoding", "server"}
 
@@ -220,40 +229,228 @@ def _ssl_context(tls: Any, base: Path, fail: Any) -> ssl.SSLContext:
     return context
 
 
-class BasicAuth:
-    """Checks `Authorization: Basic ...` headers against bcrypt hashes.
+class AuthOutcome(enum.Enum):
+    OK = "ok"  # serve the request
+    DENIED = "denied"  # 401: no, malformed or wrong credentials
+    THROTTLED = "throttled"  # 429: this client address failed too often lately
+    BUSY = "busy"  # 429: every bcrypt verifier is busy with other unknown credentials
 
-    bcrypt is slow on purpose (tens of ms); like exporter-toolkit, results are cached, keyed
-    by a hash of the credentials, so a scraper pays it once, not on every scrape. Unknown
-    users are checked against a dummy hash so timing does not reveal which users exist.
+
+@dataclass(frozen=True)
+class AuthResult:
+    outcome: AuthOutcome
+    retry_after: float = 0.0  # seconds; set for THROTTLED and BUSY
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is AuthOutcome.OK
+
+
+def client_key(address: str) -> str:
+    """The address a failure budget belongs to: IPv4 as is, IPv6 by its /64 (one host's share
+    of an IPv6 network), IPv4-mapped IPv6 as the IPv4 address; anything else verbatim."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+class FailureLimiter:
+    """A token bucket of failed logins per client address, in a bounded table (LRU).
+
+    Every attempt that needs bcrypt takes a token first; a success gives it back. A client
+    with no token left gets THROTTLED until one has refilled, without any bcrypt work."""
+
+    def __init__(
+        self,
+        burst: int = 10,
+        per_second: float = 0.1,
+        max_clients: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.burst = float(burst)
+        self.per_second = per_second
+        self.max_clients = max_clients
+        self.clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key: (tokens, at)
+        self._lock = threading.Lock()
+
+    def _tokens(self, key: str, now: float) -> float:
+        tokens, at = self._buckets.get(key, (self.burst, now))
+        return min(self.burst, tokens + (now - at) * self.per_second)
+
+    def acquire(self, client: str) -> float:
+        """Take a token: 0.0 when taken, else the seconds until the next one."""
+        key = client_key(client)
+        now = self.clock()
+        with self._lock:
+            tokens = self._tokens(key, now)
+            if tokens < 1.0:
+                self._buckets[key] = (tokens, now)
+                self._buckets.move_to_end(key)
+                return (1.0 - tokens) / self.per_second
+            self._buckets[key] = (tokens - 1.0, now)
+            self._buckets.move_to_end(key)
+            while len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+            return 0.0
+
+    def refund(self, client: str) -> None:
+        """Give a token back (the attempt succeeded or never ran)."""
+        key = client_key(client)
+        now = self.clock()
+        with self._lock:
+            if key in self._buckets:
+                self._buckets[key] = (min(self.burst, self._tokens(key, now) + 1.0), now)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class _FailureLog:
+    """At most one warning per `interval` about failed logins, with counts since the last one.
+    Never the password; the user name as sent, cut to 64 characters."""
+
+    def __init__(self, interval: float, clock: Callable[[], float]) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._counts: Counter[str] = Counter()
+        self._last: float | None = None
+        self._lock = threading.Lock()
+
+    def note(self, outcome: AuthOutcome, client: str, user: str) -> None:
+        now = self.clock()
+        with self._lock:
+            self._counts[outcome.value] += 1
+            if self._last is not None and now - self._last < self.interval:
+                return
+            since = 0.0 if self._last is None else now - self._last
+            self._last = now
+            counts = dict(self._counts)
+            self._counts.clear()
+        log.warning(
+            "basic auth failures",
+            extra={
+                "client": client,
+                "user": user[:64],
+                "denied": counts.get("denied", 0),
+                "throttled": counts.get("throttled", 0),
+                "busy": counts.get("busy", 0),
+                "since_seconds": round(since, 1),  # counts since the previous line
+            },
+        )
+
+
+def bcrypt_cost(hashed: bytes) -> int:
+    """The cost (log2 rounds) of a `$2b$10$...` hash."""
+    return int(hashed.split(b"$")[2])
+
+
+def _default_verifiers() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus - 1))  # leave a core to serve scrapes
+
+
+class BasicAuth:
+    """Checks `Authorization: Basic ...` headers against bcrypt hashes, cheaply under attack.
+
+    - bcrypt is slow on purpose (~60 ms at cost 10). Verified credentials are cached (keyed by
+      an HMAC of user and password with a per-process key; bounded, least recently used out).
+      Successes are cached apart from failures, so wrong passwords cannot evict a scraper's
+      entry, and a cached scraper is never throttled nor kept waiting for bcrypt. A wrong pair
+      seen again (a misconfigured scraper) is answered from the failure cache, free.
+    - Credentials not in the cache cost a bcrypt and a token of the client's failure budget
+      (`FailureLimiter`); a client out of tokens is THROTTLED before any bcrypt work.
+    - At most `verifiers` bcrypt checks run at once; one more is BUSY at once, not queued.
+    - Unknown users are checked against a dummy hash of the configured hashes' cost, so the
+      answer takes as long as for a real user with a wrong password.
+    - Passwords longer than bcrypt's 72 bytes are cut there, as htpasswd and Go's bcrypt do.
     """
 
     _CACHE_SIZE = 256
+    _BAD_CACHE_SIZE = 1024
 
-    def __init__(self, users: dict[str, bytes]) -> None:
+    def __init__(
+        self,
+        users: dict[str, bytes],
+        *,
+        limiter: FailureLimiter | None = None,
+        verifiers: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        log_interval: float = 60.0,
+    ) -> None:
         self.users = users
-        self._cache: OrderedDict[bytes, bool] = OrderedDict()
+        self.limiter = limiter if limiter is not None else FailureLimiter(clock=clock)
+        self.verifiers = verifiers if verifiers is not None else _default_verifiers()
+        self._workers = threading.BoundedSemaphore(self.verifiers)
+        self._good: OrderedDict[bytes, None] = OrderedDict()
+        self._bad: OrderedDict[bytes, None] = OrderedDict()  # verified wrong, oldest out
         self._lock = threading.Lock()
-        self._dummy = bcrypt.hashpw(b"hpcobs-dummy", bcrypt.gensalt(rounds=4)) if users else b""
+        self._secret = secrets.token_bytes(32)
+        self._failures = _FailureLog(log_interval, clock)
+        self.dummy = self._make_dummy(users)
 
-    def check(self, header: str | None) -> bool:
+    @staticmethod
+    def _make_dummy(users: dict[str, bytes]) -> bytes:
+        if not users:
+            return b""
+        costs = Counter(bcrypt_cost(h) for h in users.values())
+        cost = max(costs, key=lambda c: (costs[c], c))  # the most common; ties: the higher
+        return bcrypt.hashpw(secrets.token_bytes(18), bcrypt.gensalt(rounds=cost, prefix=b"2b"))
+
+    def check(self, header: str | None, client: str = "") -> bool:
+        return self.authenticate(header, client).ok
+
+    def authenticate(self, header: str | None, client: str = "") -> AuthResult:
         if not self.users:
-            return True
+            return AuthResult(AuthOutcome.OK)
         creds = parse_basic_authorization(header)
-        if creds is None:
-            return False
+        if creds is None:  # no or malformed header: nothing to verify, nothing spent
+            return AuthResult(AuthOutcome.DENIED)
         user, password = creds
-        hashed = self.users.get(user, self._dummy)
-        key = hashlib.sha256(user.encode() + b"\0" + password + b"\0" + hashed).digest()
+        key = hmac.new(self._secret, user.encode() + b":" + password, hashlib.sha256).digest()
         with self._lock:
-            cached = self._cache.get(key)
-        if cached is None:
-            cached = bcrypt.checkpw(password, hashed) and user in self.users
+            if key in self._good:
+                self._good.move_to_end(key)
+                return AuthResult(AuthOutcome.OK)
+            known_bad = key in self._bad
+        if known_bad:  # the same wrong password again (a misconfigured scraper): no bcrypt
+            self._failures.note(AuthOutcome.DENIED, client, user)
+            return AuthResult(AuthOutcome.DENIED)
+        wait = self.limiter.acquire(client)
+        if wait > 0:
+            self._failures.note(AuthOutcome.THROTTLED, client, user)
+            return AuthResult(AuthOutcome.THROTTLED, wait)
+        if not self._workers.acquire(blocking=False):
+            self.limiter.refund(client)
+            self._failures.note(AuthOutcome.BUSY, client, user)
+            return AuthResult(AuthOutcome.BUSY, 1.0)
+        try:
+            hashed = self.users.get(user)
+            matched = bcrypt.checkpw(password[:72], self.dummy if hashed is None else hashed)
+        finally:
+            self._workers.release()
+        if matched and hashed is not None:
+            self.limiter.refund(client)
             with self._lock:
-                self._cache[key] = cached
-                while len(self._cache) > self._CACHE_SIZE:
-                    self._cache.popitem(last=False)
-        return cached and hmac.compare_digest(self.users.get(user, b""), hashed)
+                self._good[key] = None
+                while len(self._good) > self._CACHE_SIZE:
+                    self._good.popitem(last=False)
+            return AuthResult(AuthOutcome.OK)
+        with self._lock:
+            self._bad[key] = None
+            while len(self._bad) > self._BAD_CACHE_SIZE:
+                self._bad.popitem(last=False)
+        self._failures.note(AuthOutcome.DENIED, client, user)
+        return AuthResult(AuthOutcome.DENIED)
 
 
 def parse_basic_authorization(header: str | None) -> tuple[str, bytes] | None:

@@ -130,3 +130,68 @@ def test_timeout_argument_cannot_exceed_configured_deadline() -> None:
 def test_duplicate_names_rejected() -> None:
     with pytest.raises(ValueError, match="unique"):
         ScrapeCoordinator([StaticCollector("x"), StaticCollector("x")], timeout=1.0)
+
+
+@pytest.mark.parametrize("asked", [0.001, 0.0, -1.0, float("nan"), float("inf"), -float("inf")])
+def test_client_deadline_is_clamped_and_invalid_ones_ignored(asked: float) -> None:
+    """A 0.05 s collector stays up whatever deadline a client asks for: too short is raised to
+    the floor (0.25 s), zero/negative/NaN/infinite mean "no client deadline"."""
+    slow = SleepingCollector("slow", seconds=0.05)
+    coord = ScrapeCoordinator([slow], timeout=10.0)
+    try:
+        assert up(list(coord.scrape(timeout=asked)), "slow") == 1.0
+        assert coord.states()[0].up is True
+    finally:
+        coord.close()
+
+
+def test_budget_bounds() -> None:
+    coord = ScrapeCoordinator([StaticCollector()], timeout=2.0, min_timeout=0.25)
+    assert coord.budget(None) == 2.0
+    assert coord.budget(0.01) == 0.25
+    assert coord.budget(1.0) == 1.0
+    assert coord.budget(30.0) == 2.0
+    assert coord.budget(float("nan")) == 2.0
+    assert (
+        ScrapeCoordinator([StaticCollector()], timeout=0.1).budget(0.01) == 0.1
+    )  # floor ≤ timeout
+
+
+def test_short_client_deadlines_neither_flip_state_nor_flood_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """200 scrapes asking for less time than the collector needs, among ordinary ones: each
+    short one says up 0 in its own answer, but the recorded state stays up and nothing is
+    logged (it used to log one failed/recovered pair per flip)."""
+    slow = SleepingCollector("slow", seconds=0.05)
+    coord = ScrapeCoordinator([slow], timeout=5.0, min_timeout=0.005)
+    short_up: list[float] = []
+    try:
+        with caplog.at_level(logging.DEBUG, logger="hpcobs.scrape"):
+            assert up(list(coord.scrape()), "slow") == 1.0
+            for i in range(200):
+                short_up.append(up(list(coord.scrape(timeout=0.001)), "slow"))
+                assert coord.states()[0].up is True
+                if i % 20 == 19:
+                    assert up(list(coord.scrape()), "slow") == 1.0
+    finally:
+        coord.close()
+    assert 0.0 in short_up  # the short deadlines were really missed
+    flips = [
+        r for r in caplog.records if r.getMessage() in ("collector failed", "collector recovered")
+    ]
+    assert flips == []
+
+
+def test_run_past_the_configured_timeout_is_recorded_down_even_by_short_scrapes() -> None:
+    hung = SleepingCollector()
+    coord = ScrapeCoordinator([hung], timeout=1.0, min_timeout=0.05)
+    try:
+        assert up(list(coord.scrape(timeout=0.05)), "hung") == 0.0
+        assert coord.states()[0].up is None  # only the client's shorter deadline was missed
+        time.sleep(1.0)
+        assert up(list(coord.scrape(timeout=0.05)), "hung") == 0.0
+        state = coord.states()[0]
+        assert state.up is False and "TimeoutError" in state.last_error
+    finally:
+        coord.close()

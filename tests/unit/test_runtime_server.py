@@ -1,15 +1,24 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hpcobs.exporters.runtime.webconfig import WebConfig, load_web_config
+from hpcobs.exporters.runtime import webconfig
+from hpcobs.exporters.runtime.server import scrape_timeout_from_header
+from hpcobs.exporters.runtime.webconfig import (
+    BasicAuth,
+    FailureLimiter,
+    WebConfig,
+    load_web_config,
+)
 
 from harness.collectors import RaisingCollector, SleepingCollector, StaticCollector
 from harness.runtime import Running, basic_header
@@ -103,6 +112,59 @@ def test_basic_auth_required_everywhere() -> None:
         running.stop()
 
 
+def test_wrong_credentials_never_hold_a_request_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    running = Running(
+        [StaticCollector()], web=WebConfig(users={"prom": bcrypt_hash("pw").encode()})
+    )
+    running.server.slots = threading.BoundedSemaphore(1)  # --web.max-requests=1
+    try:
+        assert running.get("/metrics", basic_header("prom", "pw"))[0] == 200  # verified, cached
+        entered, release = threading.Event(), threading.Event()
+
+        def slow_checkpw(password: bytes, hashed: bytes) -> bool:  # a bcrypt that takes its time
+            entered.set()
+            release.wait(10)
+            return False
+
+        monkeypatch.setattr(webconfig.bcrypt, "checkpw", slow_checkpw)
+        statuses: list[int] = []
+        attacker = threading.Thread(
+            target=lambda: statuses.append(
+                running.get("/metrics", basic_header("prom", "guess"))[0]
+            )
+        )
+        attacker.start()
+        try:
+            assert entered.wait(10)
+            # The only slot is free while the wrong password is being checked.
+            assert running.get("/metrics", basic_header("prom", "pw"))[0] == 200
+        finally:
+            release.set()
+            attacker.join()
+        assert statuses == [401]
+    finally:
+        running.stop()
+
+
+def test_throttled_client_gets_429_with_retry_after() -> None:
+    users = {"prom": bcrypt_hash("pw").encode()}
+    running = Running([StaticCollector()], web=WebConfig(users=users))
+    running.server.auth = BasicAuth(users, limiter=FailureLimiter(burst=2, per_second=0.05))
+    try:
+        assert running.get("/metrics", basic_header("prom", "pw"))[0] == 200
+        assert [running.get("/metrics", basic_header("prom", f"bad{i}"))[0] for i in (1, 2)] == [
+            401,
+            401,
+        ]
+        status, headers, body = running.get("/metrics", basic_header("prom", "bad3"))
+        assert status == 429 and b"failed authentication" in body
+        assert 1 <= int(headers["retry-after"]) <= 20
+        assert running.get("/metrics")[0] == 401  # no credentials: plain 401, as before
+        assert running.get("/metrics", basic_header("prom", "pw"))[0] == 200  # verified: served
+    finally:
+        running.stop()
+
+
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> TLSMaterial:
     return make_tls_material(tmp_path_factory.mktemp("tls"))
@@ -156,3 +218,55 @@ def test_client_certificate_required(tmp_path: Path, tls: TLSMaterial) -> None:
             running.get("/metrics", context=client_context(tls, with_cert=False))
     finally:
         running.stop()
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("10", 9.5),  # the margin to encode and send: 10 %, at most 0.5 s
+        ("1.0", 0.9),
+        ("0.5", 0.45),
+        ("0.001", 0.0009),
+        (None, None),
+        ("", None),
+        ("abc", None),
+        ("0", None),
+        ("-1", None),
+        ("nan", None),
+        ("inf", None),
+        ("-inf", None),
+    ],
+)
+def test_scrape_timeout_header_parsing(header: str | None, expected: float | None) -> None:
+    got = scrape_timeout_from_header(header)
+    assert got == pytest.approx(expected) if expected is not None else got is None
+
+
+def up_line(body: bytes, collector: str) -> str:
+    prefix = f'hpcobs_collector_up{{collector="{collector}"}} '
+    return next(line for line in body.decode().splitlines() if line.startswith(prefix))
+
+
+def test_real_500ms_scrape_timeout_keeps_a_100ms_collector_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`scrape_timeout: 500ms` sends 0.5: a 0.1 s collector must be up, every time. Invalid or
+    tiny header values from any client neither mark it down nor fill the log."""
+    running = Running([SleepingCollector("lustre", seconds=0.1)], timeout=10.0)
+    header = "X-Prometheus-Scrape-Timeout-Seconds"
+    try:
+        with caplog.at_level(logging.DEBUG, logger="hpcobs.scrape"):
+            for _ in range(5):
+                status, _, body = running.get("/metrics", {header: "0.5"})
+                assert status == 200 and up_line(body, "lustre").endswith(" 1.0")
+            for value in ["nan", "-1", "0", "0.001", "inf", "junk"] * 4:
+                status, _, body = running.get("/metrics", {header: value})
+                assert status == 200 and up_line(body, "lustre").endswith(" 1.0"), value
+                assert running.get("/metrics", {header: "0.5"})[0] == 200
+        assert 'class="up">up' in running.get("/")[2].decode()
+    finally:
+        running.stop()
+    flips = [
+        r for r in caplog.records if r.getMessage() in ("collector failed", "collector recovered")
+    ]
+    assert flips == []

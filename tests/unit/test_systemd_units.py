@@ -174,6 +174,25 @@ def test_hardening_settings(unit: Path) -> None:
     assert "/etc/hpcobs/" in config, f"{unit.name}: configuration is not read from /etc/hpcobs/"
 
 
+_SIZE = re.compile(r"(\d+)([KMGT]?)")
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+@pytest.mark.parametrize("unit", SERVICES, ids=lambda p: p.name)
+def test_tasks_and_memory_are_capped(unit: Path) -> None:
+    """A flood of connections (a thread each) or a leak stays inside the unit: TasksMax= and
+    MemoryMax= are set to finite, plausible values (not `infinity`, not a percentage)."""
+    service = parse_unit(unit.read_text())["Service"]
+    tasks = service.get("TasksMax", [])
+    memory = service.get("MemoryMax", [])
+    assert tasks, f"{unit.name}: TasksMax= is not set"
+    assert memory, f"{unit.name}: MemoryMax= is not set"
+    assert tasks[-1].isdigit() and 32 <= int(tasks[-1]) <= 4096, tasks
+    size = _SIZE.fullmatch(memory[-1])
+    assert size, f"{unit.name}: MemoryMax={memory[-1]} is not an absolute size"
+    assert 64 << 20 <= int(size.group(1)) * _SIZE_UNITS[size.group(2)] <= 16 << 30, memory
+
+
 def test_only_the_node_exporter_sees_nvidia_devices_and_netlink() -> None:
     for unit in SERVICES:
         service = parse_unit(unit.read_text())["Service"]
