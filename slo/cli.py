@@ -11,20 +11,28 @@ SPEC is a file or a folder of *.yaml / *.yml files (hpcobs specs or OpenSLO v1 d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
+import stat
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from hpcobs.exporters.runtime.app import serve as serve_exporter
-from hpcobs.exporters.runtime.cli import VersionAction, exporter_parser, parse_args, parse_duration
+from hpcobs.exporters.runtime.cli import (
+    VersionAction,
+    exporter_parser,
+    int_at_least,
+    parse_args,
+    parse_duration,
+)
 from hpcobs.exporters.runtime.collector import CollectorSpec
 from hpcobs.exporters.runtime.log import setup_logging
-from hpcobs.slo.loader import Loaded, load_specs
+from hpcobs.slo.loader import DEFAULT_MAX_BYTES, DEFAULT_MAX_SLOS, Limits, Loaded, load_specs
 from hpcobs.slo.promapi import ClientConfig, PrometheusClient, QueryError
-from hpcobs.slo.rules import DEFAULT_RUNBOOK_BASE, RuleOptions, render
+from hpcobs.slo.rules import DEFAULT_RUNBOOK_BASE, RuleOptions, render_chunks
 
 PROGRAM = "hpcobs-slo"
 DEFAULT_LISTEN = ":9948"
@@ -72,7 +80,9 @@ def add_prometheus_flags(parser: argparse.ArgumentParser, required: bool) -> Non
         dest="prometheus_url",
         required=required,
         metavar="URL",
-        help="base URL of the query API (with a path prefix such as /prometheus if any)",
+        help="base URL of the query API (with a path prefix such as /prometheus if any); "
+        "user:password@ in it is sent as basic auth (prefer the password file: a URL shows "
+        "in ps); logged with the password as ***",
     )
     g.add_argument(
         "--prometheus.bearer-token-file",
@@ -190,8 +200,28 @@ def client_from_args(args: argparse.Namespace) -> PrometheusClient:
     return PrometheusClient(config)
 
 
-def _load(paths: Sequence[str], quiet_warnings: bool = False) -> Loaded:
-    loaded = load_specs(paths)
+def add_spec_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("spec limits")
+    g.add_argument(
+        "--spec.max-bytes",
+        dest="spec_max_bytes",
+        type=int_at_least(1),
+        default=DEFAULT_MAX_BYTES,
+        metavar="BYTES",
+        help=f"refuse a spec file larger than this (default {DEFAULT_MAX_BYTES}: 1 MiB)",
+    )
+    g.add_argument(
+        "--spec.max-slos",
+        dest="spec_max_slos",
+        type=int_at_least(1),
+        default=DEFAULT_MAX_SLOS,
+        metavar="N",
+        help=f"refuse more SLOs than this in all, after expand (default {DEFAULT_MAX_SLOS})",
+    )
+
+
+def _load(args: argparse.Namespace, quiet_warnings: bool = False) -> Loaded:
+    loaded = load_specs(args.spec, Limits(args.spec_max_bytes, args.spec_max_slos))
     for problem in loaded.problems.sorted():
         if problem.severity == "error" or not quiet_warnings:
             print(problem, file=sys.stderr)
@@ -207,6 +237,7 @@ def _fail(message: str) -> int:
 def validate_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog=f"{PROGRAM} validate", description=COMMANDS["validate"])
     p.add_argument("spec", nargs="+", help="spec files or folders")
+    add_spec_flags(p)
     p.add_argument(
         "--prometheus.url",
         dest="prometheus_url",
@@ -214,12 +245,15 @@ def validate_main(argv: Sequence[str]) -> int:
         help="also check against this server that every latency threshold is a bucket bound",
     )
     args = p.parse_args(argv)
-    loaded = _load(args.spec)
+    loaded = _load(args)
     errors = len(loaded.problems.errors)
     if args.prometheus_url and not errors:
         from hpcobs.slo.online import check_buckets
 
-        client = PrometheusClient(ClientConfig(url=args.prometheus_url, retries=1))
+        try:
+            client = PrometheusClient(ClientConfig(url=args.prometheus_url, retries=1))
+        except ValueError as exc:
+            return _fail(str(exc))
         for problem in check_buckets(loaded.slos, client):
             print(problem, file=sys.stderr)
             errors += problem.severity == "error"
@@ -238,8 +272,14 @@ def rules_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog=f"{PROGRAM} rules", description=COMMANDS["rules"])
     p.add_argument("spec", nargs="+", help="spec files or folders")
     p.add_argument(
-        "-o", "--output", required=True, metavar="FILE", help="rule file to write ('-': stdout)"
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="rule file to write ('-': stdout), atomically; a replaced file keeps its mode "
+        "(and owner and group where allowed), a new one gets 0666 less the umask",
     )
+    add_spec_flags(p)
     p.add_argument(
         "--runbook.base-url",
         dest="runbook_base",
@@ -265,25 +305,77 @@ def rules_main(argv: Sequence[str]) -> int:
                 )
         except argparse.ArgumentTypeError as exc:
             return _fail(str(exc))
-    loaded = _load(args.spec)
+    loaded = _load(args)
     if not loaded.ok:
         return 1
     sources = [Path(f).name for f in loaded.files]
-    text = render(loaded.slos, RuleOptions(args.runbook_base, args.interval), sources)
+    # written group by group: the whole file's text is never held in memory
+    chunks = render_chunks(loaded.slos, RuleOptions(args.runbook_base, args.interval), sources)
     if args.output == "-":
-        sys.stdout.write(text)
+        sys.stdout.writelines(chunks)
         return 0
     out = Path(args.output)
-    try:  # atomic: Prometheus may reload while we write
-        with tempfile.NamedTemporaryFile(
-            "w", dir=out.parent or ".", prefix=f".{out.name}.", delete=False
-        ) as tmp:
-            tmp.write(text)
-        os.replace(tmp.name, out)
+    try:
+        write_atomically(out, chunks)
     except OSError as exc:
         return _fail(f"cannot write {out}: {exc}")
     print(f"wrote {out}: {len(loaded.slos)} SLO(s)", file=sys.stderr)
     return 0
+
+
+def write_atomically(path: Path, chunks: Iterable[str]) -> None:
+    """Write `chunks` to a temporary file beside `path`, then rename it over `path` (so that
+    Prometheus, reloading meanwhile, reads the old file or the new one, never a part).
+
+    The new file gets the mode of the file it replaces, and its owner and group where this
+    process may set them (root, or a group it is in); a new file gets 0666 less the umask,
+    as `open()` would create it: never the temporary file's 0600, which the user Prometheus
+    runs as could not read.
+    """
+    try:
+        old: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        old = None
+    mode = stat.S_IMODE(old.st_mode) if old is not None else 0o666 & ~current_umask()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(chunks)
+            f.flush()
+            if old is not None:
+                _chown(f.fileno(), old)
+            os.fchmod(f.fileno(), mode)  # after chown, which may clear set-id bits
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _chown(fd: int, old: os.stat_result) -> None:
+    st = os.fstat(fd)
+    for uid, gid in ((old.st_uid, old.st_gid), (-1, old.st_gid)):
+        if (uid in (-1, st.st_uid)) and gid == st.st_gid:
+            return
+        try:
+            os.fchown(fd, uid, gid)
+            return
+        except OSError:  # not allowed (not root, not in the group): the mode at least
+            continue
+
+
+def current_umask() -> int:
+    """The process' umask, read without changing it where Linux tells it (since 4.7)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once (not thread-safe)
+    os.umask(mask)
+    return mask
 
 
 # -- serve ---------------------------------------------------------------------------------
@@ -324,6 +416,7 @@ def serve_parser() -> argparse.ArgumentParser:
         help="extra OTLP request header (repeatable)",
     )
     p.add_argument("spec", nargs="+", help="spec files or folders")
+    add_spec_flags(p)
     return p
 
 
@@ -334,7 +427,7 @@ def serve_main(argv: Sequence[str]) -> int:
 
     args = parse_args(serve_parser(), argv)
     setup_logging(args.log_level, args.log_format)
-    loaded = _load(args.spec)
+    loaded = _load(args)
     if not loaded.ok:
         return 1
     try:
@@ -412,8 +505,9 @@ def report_main(argv: Sequence[str]) -> int:
     )
     p.add_argument("--title", default="SLO report", help="HTML page title")
     p.add_argument("spec", nargs="+", help="spec files or folders")
+    add_spec_flags(p)
     args = p.parse_args(argv)
-    loaded = _load(args.spec, quiet_warnings=True)
+    loaded = _load(args, quiet_warnings=True)
     if not loaded.ok:
         return 1
     try:

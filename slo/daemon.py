@@ -4,7 +4,9 @@ The evaluation loop runs in a background thread owned by `SLOCollector` (started
 runtime builds the collector, stopped by its `close()`); a scrape only reads the latest
 `DaemonState`, so scrapes are fast and never query Prometheus. When Prometheus is down the
 loop keeps going, each SLO is marked stale and its figures disappear until an evaluation
-computes them again.
+computes them again. A scrape judges staleness by the data's age too (older than
+`STALE_INTERVALS` × the interval: stale), so a Prometheus that hangs, keeping an
+evaluation waiting, shows as stale while it hangs, not only once the evaluation gives up.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from hpcobs.slo.evaluator import Evaluation, Evaluator
 from hpcobs.slo.metrics import DaemonState, families
 
 log = logging.getLogger("hpcobs.slo")
+STALE_INTERVALS = 2.0  # figures older than this many evaluation intervals are stale
 
 
 class Engine:
@@ -37,6 +40,11 @@ class Engine:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._was_ok: bool | None = None
+
+    @property
+    def stale_after(self) -> float:
+        """Age (seconds) beyond which the latest figures are stale: an evaluation is overdue."""
+        return STALE_INTERVALS * self.interval
 
     @property
     def state(self) -> DaemonState:
@@ -104,7 +112,7 @@ class SLOCollector(Collector):
         engine.start()
 
     def collect(self) -> Iterator[Metric]:
-        return families(self.engine.state, self.clock())
+        return families(self.engine.state, self.clock(), self.engine.stale_after)
 
     def close(self) -> None:
         self.engine.stop()

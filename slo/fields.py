@@ -28,9 +28,12 @@ MAX_PERIOD_DAYS = 90
 class Reader:
     """Typed access to one file's YAML with problems collected, never raised."""
 
-    def __init__(self, file: str, problems: Problems) -> None:
+    def __init__(self, file: str, problems: Problems, max_slos: int | None = None) -> None:
         self.file = file
         self.problems = problems
+        # SLOs this file may still define (the loader's limit): parsing stops one beyond
+        # it, so that an `expand:` of a million values does not build a million SLOs
+        self.max_slos = max_slos
 
     def error(self, line: int, message: str, hint: str) -> None:
         self.problems.error(self.file, line, message, hint)

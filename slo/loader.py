@@ -6,11 +6,17 @@
 
 Checks across files: SLO ids are unique; warnings for alerts that can never fire
 (burn factor × (1 − objective) ≥ 1: the error ratio would have to exceed 100 %).
+
+Bounded input (`Limits`): a file larger than `max_bytes` is refused before it is read, and
+loading stops with an error once more than `max_slos` SLOs (after `expand`) are defined, so
+memory stays proportional to what the limits allow (`--spec.max-bytes`, `--spec.max-slos`).
+Files are read and parsed one at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
@@ -23,6 +29,20 @@ from hpcobs.slo.spec import VERSION, parse_native
 from hpcobs.slo.yamlpos import PosDict, YAMLSyntaxError, load_documents
 
 SUFFIXES = (".yaml", ".yml")
+DEFAULT_MAX_BYTES = 1 << 20  # 1 MiB per file: about 9,000 plainly written SLOs
+DEFAULT_MAX_SLOS = 1000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds of the input: bytes per spec file, SLOs in all (after `expand`)."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_slos: int = DEFAULT_MAX_SLOS
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1 or self.max_slos < 1:
+            raise ValueError("--spec.max-bytes and --spec.max-slos must be positive")
 
 
 @dataclass
@@ -58,13 +78,21 @@ def spec_files(paths: Iterable[str | Path], problems: Problems) -> list[Path]:
     return out
 
 
-def load_texts(texts: Iterable[tuple[str, str]]) -> Loaded:
-    """Parse (file name, text) pairs; the core of `load_specs`, usable without files."""
+def load_texts(texts: Iterable[tuple[str, str]], limits: Limits | None = None) -> Loaded:
+    """Parse (file name, text) pairs; the core of `load_specs`, usable without files.
+
+    `texts` is consumed lazily, one file at a time, and not beyond the SLO limit."""
+    limits = limits or Limits()
     loaded = Loaded()
     problems = loaded.problems
     openslo_docs: list[OpenSLODoc] = []
+    openslo_slos = 0  # OpenSLO documents of kind SLO, each one SLO at most
     for name, text in texts:
         loaded.files.append(name)
+        size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        if size > limits.max_bytes:
+            problems.error(name, 0, *_too_big(size, limits))
+            continue
         r = Reader(name, problems)
         try:
             docs = load_documents(text)
@@ -87,34 +115,79 @@ def load_texts(texts: Iterable[tuple[str, str]]) -> Loaded:
                 )
             elif is_openslo(value):
                 openslo_docs.append(OpenSLODoc(value, r))
+                openslo_slos += value.get("kind") == "SLO"
+                if len(loaded.slos) + openslo_slos > limits.max_slos:
+                    r.error(doc.line, *_too_many(limits))
+                    return loaded
             elif "version" in value:
-                loaded.slos.extend(parse_native(value, r))
+                room = limits.max_slos - len(loaded.slos) - openslo_slos
+                r.max_slos = room
+                slos = parse_native(value, r)  # stops after room + 1
+                if len(slos) > room:
+                    r.error(slos[room].line, *_too_many(limits))
+                    return loaded
+                loaded.slos.extend(slos)
             else:
                 r.error(
                     value.line,
                     "neither an hpcobs spec (version:) nor an OpenSLO document (apiVersion:)",
                     f"start the document with version: {VERSION}",
                 )
+        del docs  # before the next file is read
     loaded.slos.extend(parse_openslo(openslo_docs))
     _check_unique(loaded)
     _warn_never_firing(loaded)
     return loaded
 
 
-def load_specs(paths: Iterable[str | Path]) -> Loaded:
+def load_specs(paths: Iterable[str | Path], limits: Limits | None = None) -> Loaded:
+    limits = limits or Limits()
     problems = Problems()
     files = spec_files(paths, problems)
-    texts = []
+    tried: list[str] = []
+    loaded = load_texts(_read(files, limits, problems, tried), limits)
+    loaded.files = tried  # with those that could not be read
+    loaded.problems.items[:0] = problems.items
+    return loaded
+
+
+def _read(
+    files: Iterable[Path], limits: Limits, problems: Problems, tried: list[str]
+) -> Iterator[tuple[str, str]]:
+    """Each file's text, read when needed; one over `limits.max_bytes` is never read whole."""
     for path in files:
+        tried.append(str(path))
         try:
-            texts.append((str(path), path.read_text(encoding="utf-8")))
+            with path.open("rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                raw = b"" if size > limits.max_bytes else f.read(limits.max_bytes + 1)
+            size = max(size, len(raw))  # a pipe or a growing file: what was read
+            if size > limits.max_bytes:
+                problems.error(str(path), 0, *_too_big(size, limits))
+                continue
+            text = raw.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             problems.error(
                 str(path), 0, f"cannot read: {exc}", "check the file's permissions and encoding"
             )
-    loaded = load_texts(texts)
-    loaded.problems.items[:0] = problems.items
-    return loaded
+            continue
+        del raw
+        yield str(path), text
+
+
+def _too_big(size: int, limits: Limits) -> tuple[str, str]:
+    return (
+        f"{size} bytes, more than the limit of {limits.max_bytes} (--spec.max-bytes)",
+        "split the spec into several files, or raise --spec.max-bytes",
+    )
+
+
+def _too_many(limits: Limits) -> tuple[str, str]:
+    return (
+        f"more than {limits.max_slos} SLOs in all, the limit (--spec.max-slos); "
+        "stopped reading here",
+        "raise --spec.max-slos, or check expand: lists and folders for mistakes",
+    )
 
 
 def _check_unique(loaded: Loaded) -> None:

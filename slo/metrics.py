@@ -4,6 +4,11 @@ Per SLO, from the latest evaluation only: when the SLO's queries failed in it, i
 burn-rate, budget and event series are left out (absent, never a stale or made-up value),
 `hpcobs_slo_stale{slo}` is 1 and `hpcobs_slo_data_age_seconds{slo}` keeps growing from
 the last evaluation that did compute it.
+
+Staleness is judged at scrape time, from the data's age: figures older than `stale_after`
+(the daemon passes twice `--eval-interval`) are stale too, and left out, even while the
+evaluation meant to replace them is still waiting for a hanging Prometheus; and
+`hpcobs_slo_evaluation_success` is then 0, as the latest evaluation is overdue.
 """
 
 from __future__ import annotations
@@ -56,8 +61,9 @@ EVENTS = MetricDef(
 STALE = MetricDef(
     "hpcobs_slo_stale",
     "gauge",
-    "1 when the SLO's figures could not be computed in the latest evaluation (its series are "
-    "then absent), else 0.",
+    "1 when the SLO's figures could not be computed in the latest evaluation, or are older "
+    "than twice the evaluation interval (an evaluation is overdue); its series are then "
+    "absent. Else 0.",
     ("slo",),
 )
 DATA_AGE = MetricDef(
@@ -74,7 +80,8 @@ PERIOD_END = MetricDef(
 SUCCESS = MetricDef(
     "hpcobs_slo_evaluation_success",
     "gauge",
-    "1 when every query of the latest evaluation succeeded, else 0.",
+    "1 when every query of the latest evaluation succeeded and it is not overdue (its time "
+    "is at most twice the evaluation interval ago), else 0.",
 )
 EVAL_TIME = MetricDef(
     "hpcobs_slo_evaluation_timestamp_seconds",
@@ -160,16 +167,18 @@ class DaemonState:
         )
 
 
-def families(state: DaemonState, now: float) -> Iterator[Metric]:
+def families(state: DaemonState, now: float, stale_after: float | None = None) -> Iterator[Metric]:
+    """The families at time `now`; figures older than `stale_after` seconds are stale."""
     info, objective, stale, age = INFO.gauge(), OBJECTIVE.gauge(), STALE.gauge(), DATA_AGE.gauge()
     sli, burn, budget, events = SLI.gauge(), BURN.gauge(), BUDGET.gauge(), EVENTS.gauge()
     latest = state.latest
     results: dict[str, SLOResult] = {r.slo.id: r for r in latest.results} if latest else {}
+    overdue = latest is not None and stale_after is not None and now - latest.time > stale_after
     for slo in state.slos:
         info.add_metric([slo.id, slo.service, slo.sli.kind, slo.period.name], 1.0)
         objective.add_metric([slo.id], float(decimal_text(slo.objective)))
         result = results.get(slo.id)
-        fresh = result is not None and result.ok
+        fresh = result is not None and result.ok and not overdue
         stale.add_metric([slo.id], 0.0 if fresh else 1.0)
         if slo.id in state.computed_at:
             age.add_metric([slo.id], max(0.0, now - state.computed_at[slo.id]))
@@ -190,7 +199,7 @@ def families(state: DaemonState, now: float) -> Iterator[Metric]:
 
     success, eval_time, last_ok = SUCCESS.gauge(), EVAL_TIME.gauge(), LAST_SUCCESS.gauge()
     duration, queries, period_end = DURATION.gauge(), QUERIES.gauge(), PERIOD_END.gauge()
-    success.add_metric([], 1.0 if latest is not None and latest.success else 0.0)
+    success.add_metric([], 1.0 if latest is not None and latest.success and not overdue else 0.0)
     if latest is not None:
         eval_time.add_metric([], latest.time)
         duration.add_metric([], latest.duration)

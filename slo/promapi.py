@@ -5,7 +5,10 @@ Works against anything that speaks that API: Prometheus, Thanos Query, Mimir (gi
 VictoriaMetrics. Queries are POSTed as forms (no URL length limit for big batched queries).
 
 - Authentication: bearer token (read from its file at every request, so rotation works),
-  or basic auth (password from a file); extra headers.
+  or basic auth (password from a file, or user and password in the URL:
+  `http://user:password@host:9090/`, percent-encoded; they are taken out of the URL and
+  sent as an `Authorization: Basic` header); extra headers. Every URL this module puts in
+  a message or an error goes through `redact_url` (`http://user:***@host:9090/`).
 - TLS: CA file, client certificate and key, server name, or no verification.
 - Time limits: each attempt has `timeout` seconds (also sent as the `timeout` parameter, so
   the server stops evaluating too); a `deadline` bounds all attempts together.
@@ -81,6 +84,50 @@ class ClientConfig:
     headers: tuple[tuple[str, str], ...] = ()
 
 
+def redact_url(url: str) -> str:
+    """`url` with the password of its userinfo replaced by `***` (`http://user:***@host/`),
+    as Go's `URL.Redacted` does; any text, even an invalid URL, is safe to pass."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    if not at:
+        return url
+    user, colon, _password = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}{rest[end:]}"
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    base: str  # scheme://host[:port][/prefix], without userinfo or a trailing slash
+    user: str | None  # from the URL's userinfo
+    password: str
+
+
+def _endpoint(url: str) -> _Endpoint:
+    """Split `--prometheus.url` into the URL to request and the credentials in it."""
+    shown = redact_url(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise ValueError(
+            f"--prometheus.url: invalid URL {shown!r}: {redact_url(str(exc))}"
+        ) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"--prometheus.url must be an http(s) URL, not {shown!r}")
+    userinfo, at, host = parts.netloc.rpartition("@")
+    user: str | None = None
+    password = ""
+    if at:
+        raw_user, _, raw_password = userinfo.partition(":")
+        user = urllib.parse.unquote(raw_user)
+        password = urllib.parse.unquote(raw_password)
+    base = urllib.parse.urlunsplit(parts._replace(netloc=host)).rstrip("/")
+    return _Endpoint(base, user, password)
+
+
 def _ssl_context(cfg: ClientConfig) -> ssl.SSLContext | None:
     if not cfg.url.startswith("https:"):
         return None
@@ -123,12 +170,17 @@ class PrometheusClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not config.url.startswith(("http://", "https://")):
-            raise ValueError(f"--prometheus.url must be an http(s) URL, not {config.url!r}")
+        endpoint = _endpoint(config.url)
         if config.basic_auth_user and config.bearer_token_file:
             raise ValueError("use either basic auth or a bearer token, not both")
+        if endpoint.user is not None and (config.basic_auth_user or config.bearer_token_file):
+            raise ValueError(
+                "--prometheus.url has credentials (user:password@): give them there or with "
+                "--prometheus.basic-auth.* / --prometheus.bearer-token-file, not both"
+            )
         self.config = config
-        self.base = config.url.rstrip("/")
+        self.base = endpoint.base  # no credentials: safe in messages
+        self._url_auth = None if endpoint.user is None else _basic(endpoint.user, endpoint.password)
         self._sleep = sleep
         self._clock = clock
         context = _ssl_context(config)
@@ -203,8 +255,9 @@ class PrometheusClient:
             password = ""
             if cfg.basic_auth_password_file:
                 password = Path(cfg.basic_auth_password_file).read_text().strip()
-            creds = base64.b64encode(f"{cfg.basic_auth_user}:{password}".encode()).decode()
-            headers["Authorization"] = f"Basic {creds}"
+            headers["Authorization"] = _basic(cfg.basic_auth_user, password)
+        elif self._url_auth is not None:
+            headers["Authorization"] = self._url_auth
         return headers
 
     def _call(
@@ -280,6 +333,10 @@ class PrometheusClient:
         if not isinstance(data, dict):
             raise QueryError(f"{url}: no data in the answer", retryable=False)
         return data
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def _ts(t: float) -> str:

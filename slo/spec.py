@@ -123,6 +123,8 @@ def parse_native(doc: PosDict, r: Reader) -> list[SLO]:
     out: list[SLO] = []
     for i, raw in enumerate(items):
         out.extend(_parse_slo(raw, i, items, service, common_labels, r))
+        if r.max_slos is not None and len(out) > r.max_slos:
+            break  # the loader reports the limit
     return out
 
 
@@ -188,8 +190,10 @@ def _parse_slo(
             "drop one",
         )
         return []
-    out = []
+    out: list[SLO] = []
     for _, value in expansions:
+        if r.max_slos is not None and len(out) > r.max_slos:
+            break  # the loader reports the limit
         suffix = re.sub(r"[^a-z0-9_-]+", "-", value.lower()).strip("-")
         new_id = f"{slo_id}-{suffix}"
         if not SLO_ID.match(new_id):

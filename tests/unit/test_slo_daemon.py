@@ -26,6 +26,8 @@ from hpcobs.slo.metrics import METRICS, DaemonState, families
 from hpcobs.slo.model import SLO
 from hpcobs.slo.tracing import otlp_traces_url, tracer, tracer_provider
 
+from harness.collectors import wait_until
+
 pytestmark = pytest.mark.unit
 
 SPEC = """
@@ -163,7 +165,8 @@ def test_engine_loop_survives_a_crashing_evaluation_and_stops() -> None:
             return evaluation(slos, 1000.0 + len(calls), down_ok=True)
 
     engine = Engine(Flaky(slos, fake()), interval=0.05)
-    collector = SLOCollector(engine, clock=lambda: 2000.0)
+    # the scrape clock follows the evaluations' times (1000 + n): the data is fresh
+    collector = SLOCollector(engine, clock=lambda: 1000.0 + len(calls))
     deadline = time.monotonic() + 5
     while len(calls) < 4 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -236,3 +239,63 @@ def test_otlp_url() -> None:
     assert otlp_traces_url("https://otel/custom/path") == "https://otel/custom/path"
     with pytest.raises(ValueError):
         otlp_traces_url("otel:4318")
+
+
+def test_figures_older_than_the_stale_age_are_stale_and_left_out() -> None:
+    """Issue 14.10: staleness follows the data's age at scrape time, not only the result of
+    the latest finished evaluation (which, while Prometheus hangs, stays the old one)."""
+    slos = two_slos()
+    state = DaemonState(slos=tuple(slos)).after(evaluation(slos, 1000.0, down_ok=True))
+    fresh = values(list(families(state, now=1100.0, stale_after=120.0)))
+    assert fresh[("hpcobs_slo_stale", (("slo", "up"),))] == 0.0
+    assert fresh[("hpcobs_slo_evaluation_success", ())] == 1.0
+    assert ("hpcobs_slo_sli_ratio", (("slo", "up"), ("window", "1h"))) in fresh
+
+    old = values(list(families(state, now=1121.0, stale_after=120.0)))
+    assert old[("hpcobs_slo_stale", (("slo", "up"),))] == 1.0
+    assert old[("hpcobs_slo_stale", (("slo", "down"),))] == 1.0
+    assert old[("hpcobs_slo_evaluation_success", ())] == 0.0
+    assert old[("hpcobs_slo_data_age_seconds", (("slo", "up"),))] == pytest.approx(121.0)
+    assert not [k for k in old if k[0] in ("hpcobs_slo_sli_ratio", "hpcobs_slo_burn_rate")]
+    # what is not about freshness stays
+    assert old[("hpcobs_slo_last_success_timestamp_seconds", ())] == 1000.0
+    assert old[("hpcobs_slo_objective_ratio", (("slo", "up"),))] == 0.99
+
+
+def test_the_daemon_turns_stale_while_an_evaluation_hangs() -> None:
+    """Issue 14.10: with Prometheus hanging, the evaluation in flight does not end before its
+    time limit; the scrape must say stale as soon as the data is older than two intervals."""
+    slos = two_slos()
+    release = threading.Event()
+    calls: list[float] = []
+
+    class Hanging(Evaluator):
+        def evaluate(self, at: float | None = None) -> Evaluation:
+            calls.append(time.time())
+            if len(calls) > 1:
+                release.wait(60)  # a query waiting on a Prometheus that never answers
+            return evaluation(slos, calls[-1], down_ok=True)
+
+    engine = Engine(Hanging(slos, fake()), interval=0.2)
+    collector = SLOCollector(engine)
+    try:
+        assert wait_until(lambda: len(calls) >= 2, timeout=10), "no second evaluation"
+        first = calls[0]
+
+        def stale() -> bool:
+            got = values(list(collector.collect()))
+            return (
+                got[("hpcobs_slo_stale", (("slo", "up"),))] == 1.0
+                and got[("hpcobs_slo_evaluation_success", ())] == 0.0
+            )
+
+        assert wait_until(stale, timeout=10), "still fresh while the evaluation hangs"
+        assert len(calls) == 2 and not release.is_set()  # the same evaluation, still hanging
+        got = values(list(collector.collect()))
+        assert got[("hpcobs_slo_data_age_seconds", (("slo", "up"),))] > 0.4
+        assert got[("hpcobs_slo_evaluation_timestamp_seconds", ())] == first
+        assert ("hpcobs_slo_sli_ratio", (("slo", "up"), ("window", "1h"))) not in got
+        assert engine.stale_after == pytest.approx(0.4)  # twice the interval
+    finally:
+        release.set()
+        collector.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import ssl
 import threading
 import time
@@ -252,3 +253,103 @@ def test_mutual_tls(tls: TLSMaterial) -> None:
             client(api.url, ca_file=str(tls.ca_cert), retries=0).query("up", 1)
     finally:
         api.close()
+
+
+# -- credentials in the URL (issue 14.5) ---------------------------------------------------
+SECRET = "s3cr3t@pw"  # '@' percent-encoded in the URL
+
+
+def _with_credentials(url: str, path: str = "") -> str:
+    return url.replace("://", "://slo:s3cr3t%40pw@", 1) + path
+
+
+def test_redact_url() -> None:
+    from hpcobs.slo.promapi import redact_url
+
+    assert redact_url("http://user:pw@host:9090/p?q=1") == "http://user:***@host:9090/p?q=1"
+    assert redact_url("https://user@host/") == "https://user@host/"
+    assert redact_url("http://u:p@ss@host/x@y") == "http://u:***@host/x@y"
+    assert redact_url("http://host:9090/a@b") == "http://host:9090/a@b"
+    assert redact_url("no url at all: a:b@c") == "no url at all: a:b@c"
+    assert redact_url("http://u:pw@[::1") == "http://u:***@[::1"
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth(api: FakeAPI) -> None:
+    c = client(_with_credentials(api.url, "/prometheus/"))
+    assert c.base == api.url + "/prometheus"
+    c.query("up", 1)
+    (req,) = api.requests
+    assert req["path"] == "/prometheus/api/v1/query"
+    header = req["headers"]["authorization"]
+    assert base64.b64decode(header.removeprefix("Basic ")) == f"slo:{SECRET}".encode()
+
+
+def test_credentials_in_the_url_never_show_in_errors(api: FakeAPI, tmp_path: Path) -> None:
+    api.replies += [(503, b"busy")] * 2
+    with pytest.raises(QueryError) as info:
+        client(_with_credentials(api.url), retries=1).query("up", 1)
+    assert "HTTP 503" in str(info.value) and "127.0.0.1" in str(info.value)
+    assert "s3cr3t" not in str(info.value)
+    with pytest.raises(QueryError) as info:
+        client("http://slo:s3cr3t@127.0.0.1:9", retries=0).query("up", 1)
+    assert "cannot reach" in str(info.value) and "s3cr3t" not in str(info.value)
+    password = tmp_path / "pw"
+    password.write_text("other")
+    for bad, kw in (
+        ("ftp://slo:s3cr3t@host/", {}),
+        ("http://slo:s3cr3t@host:port/", {}),
+        (_with_credentials(api.url), {"basic_auth_user": "a"}),
+        (_with_credentials(api.url), {"bearer_token_file": str(password)}),
+    ):
+        with pytest.raises(ValueError) as err:
+            client(bad, **kw)
+        assert "s3cr3t" not in str(err.value), str(err.value)
+
+
+def _no_secret(records: list[logging.LogRecord], *texts: str) -> None:
+    for record in records:
+        rendered = record.getMessage() + " " + " ".join(map(str, vars(record).values()))
+        assert "s3cr3t" not in rendered, rendered
+    for text in texts:
+        assert "s3cr3t" not in text, text
+
+
+def test_cli_report_with_credentials_logs_no_password(
+    api: FakeAPI, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every query fails: the failures are logged and printed, the password never."""
+    from hpcobs.slo.cli import main
+
+    spec = Path(__file__).resolve().parent.parent / "golden" / "slo" / "burn.spec.yaml"
+    api.replies += [(503, {"status": "error", "error": "overloaded"})] * 200
+    caplog.set_level(logging.DEBUG)
+    url = _with_credentials(api.url)
+    rc = main(["report", f"--prometheus.url={url}", "--query.retries=0", str(spec)])
+    out, err = capsys.readouterr()
+    assert rc == 1 and api.requests
+    assert all("authorization" in r["headers"] for r in api.requests)
+    assert any("query failed" in r.getMessage() for r in caplog.records)
+    _no_secret(caplog.records, out, err)
+
+
+def test_cli_bad_url_with_credentials_is_reported_redacted(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from hpcobs.slo.cli import main
+
+    spec = Path(__file__).resolve().parent.parent / "golden" / "slo" / "burn.spec.yaml"
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level  # `serve` sets up logging
+    try:
+        for argv in (
+            ["validate", "--prometheus.url=ftp://slo:s3cr3t@host/", str(spec)],
+            ["report", "--prometheus.url=http://slo:s3cr3t@host:port/", str(spec)],
+            ["serve", "--prometheus.url=gopher://slo:s3cr3t@host/", str(spec)],
+        ):
+            assert main(argv) == 1, argv
+            out, err = capsys.readouterr()
+            assert "slo:***@host" in err, err
+            _no_secret(caplog.records, out, err)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)

@@ -289,3 +289,31 @@ def test_offline_bucket_defaults_follow_the_slurm_exporter() -> None:
     assert parse_durations(DEFAULT_BUCKETS) == SLURM_WAIT_BUCKETS
     # the weighted SLI's default bad states are system failures for the exporter too
     assert all(DEFAULT_CAUSES[s] == "system" for s in DEFAULT_BAD_STATES)
+
+
+def test_yaml_anchors_and_merge_keys() -> None:
+    """Values are built from the parser's events (issue 14.6): anchors, aliases and merge
+    keys still work; a key of the mapping itself overrides a merged one (not a duplicate)."""
+    text = """version: hpcobs.slo/v1
+service: s
+slos:
+  - &base
+    id: a
+    objective: 99
+    labels: &labels {tier: "1", team: hpc}
+    sli: {ratio: {bad: a_total, total: b_total}}
+  - <<: *base
+    id: b
+    labels: {<<: *labels, tier: "2"}
+  - <<: [{id: c, objective: 95}, *base]
+    id: c
+"""
+    loaded = load_texts([("m.yaml", text)])
+    assert loaded.ok, [str(p) for p in loaded.problems.items]
+    a, b, c = loaded.slos
+    assert (b.id, b.objective, b.sli) == ("b", a.objective, a.sli)
+    assert b.labels == (("tier", "2"), ("team", "hpc"))
+    assert (c.id, c.objective, c.line) == ("c", Decimal("0.95"), 12)
+    dup = load_texts([("d.yaml", text.replace("    id: c\n", "    id: c\n    id: d\n"))])
+    (problem,) = dup.problems.errors
+    assert (problem.line, problem.message) == (14, "slos[2]: duplicate key 'id'")
