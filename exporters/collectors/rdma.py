@@ -23,6 +23,13 @@ attributes, `link_layer` and the netdev mapping) is cached and re-listed every
 `--collector.rdma.rescan-interval`, when the device list changes, or when a file vanished;
 a scrape only lists `class/infiniband/` and reads the value files with `os.open`/`os.read`.
 
+Start-up reads nothing: constructing the collector only stores its options, so a sysfs read
+that blocks (a wedged driver) cannot keep the daemon from listening. The first scrape lists the
+tree and starts the netlink listener, in the scrape's worker thread under `--scrape.timeout`
+like every collection: a read that hangs costs `hpcobs_collector_up{collector="rdma"} 0` at the
+deadline, and later scrapes wait on that same collection (one thread, not one per scrape)
+until the read returns.
+
 Faults never fail the scrape: a file that cannot be read or parsed, a counter that goes
 backwards and a device or port that vanishes are logged once with the path (`OnceLog`) and
 the rest is exported. No `class/infiniband` at all means no series (the collector stays up).
@@ -481,6 +488,7 @@ class _Samples:
 
 
 MonitorFactory = Callable[[], LinkMonitor]
+CLOSE_WAIT_SECONDS = 2.0
 
 
 class RdmaCollector(Collector):
@@ -514,9 +522,8 @@ class RdmaCollector(Collector):
         self._monitor: LinkMonitor | None = None
         self._lock = threading.Lock()
         self._closed = False
-        with self._lock:
-            self._refresh_plans()
-            self._ensure_monitor()  # listen for flaps from start-up, not from the first scrape
+        # Nothing is read here: a sysfs read can block (a wedged driver), and the daemon must
+        # listen first. The first scrape lists the tree, under the scrape deadline.
 
     # -- Collector -------------------------------------------------------------------------
     def collect(self) -> Iterator[Metric]:
@@ -534,12 +541,25 @@ class RdmaCollector(Collector):
             return iter(samples.families())
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
+        """Stop the listener and close the descriptors. A collection stuck in a sysfs read is
+        waited for only `CLOSE_WAIT_SECONDS` (its descriptors are then left to the exit)."""
+        self._closed = True  # no listener is started after this
+        locked = self._lock.acquire(timeout=CLOSE_WAIT_SECONDS)
+        try:
             monitor, self._monitor = self._monitor, None
-            for plan in self._plans.values():
-                self._close_plan(plan)
-            self._plans.clear()
+            if locked:
+                for plan in self._plans.values():
+                    self._close_plan(plan)
+                self._plans.clear()
+            else:
+                log.warning(
+                    "rdma collection still running (a sysfs read does not return); "
+                    "not waiting for it",
+                    extra={"root": self.root},
+                )
+        finally:
+            if locked:
+                self._lock.release()
         if monitor is not None:
             monitor.close()
 

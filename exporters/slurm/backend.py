@@ -6,7 +6,9 @@ A collection cycle calls `jobs()` and `nodes()` and one of `scheduler()` / `lice
 - `portable` (`portable.py`): the Slurm commands with explicit formats, no bindings needed;
 - `pyslurm` (`pyslurm_backend.py`): pyslurm 25.11's API in a worker process.
 
-`select_backend()` resolves `--slurm.backend=auto|pyslurm|portable`.
+`select_backend()` resolves `--slurm.backend=auto|pyslurm|portable`; `startup_backend()` does so
+without blocking start-up (checking pyslurm against the installed Slurm starts a worker process
+and runs `sinfo --version`: that is left to the first call, in the poller's thread).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import logging
 import re
 import shutil
 import subprocess
+import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from hpcobs.exporters.parse.slurm import Job, License, Node, SchedulerStats
@@ -155,3 +158,94 @@ def select_backend(
 
 def _sinfo(bin_dir: str) -> str:
     return f"{bin_dir.rstrip('/')}/sinfo" if bin_dir else "sinfo"
+
+
+def startup_backend(
+    kind: str,
+    *,
+    timeout: float,
+    slurm_conf: str = "",
+    bin_dir: str = "",
+) -> Backend:
+    """The backend `--slurm.backend` names, built without blocking: no command, no worker
+    process. `portable`, or `auto` without pyslurm installed, is chosen at once; otherwise the
+    choice (which runs pyslurm and `sinfo --version`) is made at the first call
+    (`DeferredBackend`). Raises ValueError for a kind that cannot work at all."""
+    if kind not in BACKENDS:
+        raise ValueError(f"--slurm.backend must be one of {', '.join(BACKENDS)}, not {kind!r}")
+    installed = importlib.util.find_spec("pyslurm") is not None
+    if kind == "portable" or (kind == "auto" and not installed):
+        return select_backend(kind, timeout=timeout, slurm_conf=slurm_conf, bin_dir=bin_dir)
+    if not installed:
+        raise ValueError("--slurm.backend=pyslurm: pyslurm is not installed")
+    return DeferredBackend(kind, timeout=timeout, slurm_conf=slurm_conf, bin_dir=bin_dir)
+
+
+Selector = Callable[..., Backend]
+
+
+class DeferredBackend(Backend):
+    """`select_backend(kind)` made at the first call, from the poller's thread. Until then its
+    name is the kind (`auto`, `pyslurm`); a choice that fails (`--slurm.backend=pyslurm` with a
+    pyslurm that does not match the installed Slurm) fails that call, and is tried again at
+    the next one."""
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        timeout: float,
+        slurm_conf: str = "",
+        bin_dir: str = "",
+        select: Selector | None = None,
+    ) -> None:
+        super().__init__()
+        self.name = kind
+        self.kind = kind
+        self.timeout = timeout
+        self.slurm_conf = slurm_conf
+        self.bin_dir = bin_dir
+        self._select: Selector = select_backend if select is None else select
+        self._lock = threading.Lock()
+        self._backend: Backend | None = None
+        self._closed = False
+
+    def _resolve(self, call: str) -> Backend:
+        backend = self._backend
+        if backend is not None:
+            return backend
+        try:
+            backend = self._select(
+                self.kind, timeout=self.timeout, slurm_conf=self.slurm_conf, bin_dir=self.bin_dir
+            )
+        except ValueError as exc:
+            raise SlurmCallError(call, str(exc)) from exc
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                backend.parse_errors = self.parse_errors  # one count, whoever reads
+                self._backend = backend
+                self.name = backend.name
+        if closed:
+            backend.close()
+            raise SlurmCallError(call, "the exporter is stopping")
+        return backend
+
+    def jobs(self) -> list[Job]:
+        return self._resolve("jobs").jobs()
+
+    def nodes(self) -> list[Node]:
+        return self._resolve("nodes").nodes()
+
+    def scheduler(self) -> SchedulerStats:
+        return self._resolve("scheduler").scheduler()
+
+    def licenses(self) -> list[License]:
+        return self._resolve("licenses").licenses()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            backend = self._backend
+        if backend is not None:
+            backend.close()

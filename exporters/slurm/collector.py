@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
 from hpcobs.exporters.runtime.collector import Collector
 from hpcobs.exporters.runtime.metricdef import MetricDef
-from hpcobs.exporters.slurm.backend import Call, select_backend
+from hpcobs.exporters.slurm.backend import Call, startup_backend
 from hpcobs.exporters.slurm.jobcomp import JobcompTail, Position
 from hpcobs.exporters.slurm.ledger import RESOURCES, Ledger
 from hpcobs.exporters.slurm.options import SlurmOptions
 from hpcobs.exporters.slurm.poller import Poller, Published
-from hpcobs.exporters.slurm.state import load_state
+from hpcobs.exporters.slurm.state import restore_state
 
 log = logging.getLogger("hpcobs.slurm")
 
@@ -603,24 +604,51 @@ class SlurmCollector(Collector):
 
 
 def build_collector(options: SlurmOptions, *, start: bool = True) -> SlurmCollector:
-    """Backend, ledger (restored from the state file), jobcomp tail, poller, collector."""
+    """Backend, ledger (restored from the state file), jobcomp tail, poller, collector.
+
+    Nothing here can block: the state file is read non-blocking (a corrupt one is moved aside,
+    see `state.py`), and a backend whose choice needs a command or a worker process is chosen
+    at the poller's first call. Raises ValueError only for options that cannot work."""
     ledger = Ledger(causes=options.causes, buckets=options.buckets, thresholds=options.thresholds)
     position: Position | None = None
-    if options.state_file is not None:
-        doc = load_state(options.state_file)  # StateFileError stops start-up
-        if doc is not None:
-            ledger.load_state(doc["ledger"])
+    state_file = options.state_file
+    jobcomp_start = "end" if options.jobcomp_start == "end" else "beginning"
+    if state_file is not None:
+
+        def apply(doc: Mapping[str, Any]) -> None:
+            nonlocal position
             saved = doc.get("jobcomp")
+            restored: Position | None = None
+            if saved is not None:
+                restored = Position.from_state(saved)
+                if restored is None:
+                    raise ValueError("its jobcomp read position is malformed")
+            if "ledger" not in doc:
+                raise ValueError("it has no job ledger (the key 'ledger' is missing)")
+            ledger.load_state(doc["ledger"])  # ValueError, changing nothing, when malformed
             if (
-                options.jobcomp_file is not None
+                restored is not None
+                and options.jobcomp_file is not None
                 and isinstance(saved, dict)
                 and saved.get("path") == str(options.jobcomp_file)
             ):
-                position = Position.from_state(saved)
+                position = restored
+
+        afresh = (
+            "the job ledger starts afresh: finished jobs slurmctld still shows are counted again"
+        )
+        if options.jobcomp_file is not None:
+            afresh += ", and the jobcomp log is read from its end (new lines only)"
+        outcome = restore_state(state_file, apply, afresh=afresh)
+        if outcome == "restored":
             log.info(
                 "restored the job ledger",
-                extra={"path": str(options.state_file), "tracked_jobs": ledger.tracked_jobs()},
+                extra={"path": str(state_file), "tracked_jobs": ledger.tracked_jobs()},
             )
+        elif outcome == "afresh":
+            jobcomp_start = "end"  # re-reading the whole log would count its history again
+        elif outcome == "unusable":
+            state_file = None  # never saved over: it may hold what the operator wants back
     else:
         log.warning(
             "no --slurm.state-file: after a restart, finished jobs slurmctld still shows are "
@@ -630,7 +658,7 @@ def build_collector(options: SlurmOptions, *, start: bool = True) -> SlurmCollec
     if options.jobcomp_file is not None:
         jobcomp = JobcompTail(
             options.jobcomp_file,
-            start="end" if options.jobcomp_start == "end" else "beginning",
+            start="end" if jobcomp_start == "end" else "beginning",
             tz=options.jobcomp_tz,
             position=position,
         )
@@ -639,7 +667,7 @@ def build_collector(options: SlurmOptions, *, start: bool = True) -> SlurmCollec
         extras.append("scheduler")
     if options.licenses:
         extras.append("licenses")
-    backend = select_backend(
+    backend = startup_backend(
         options.backend,
         timeout=options.timeout,
         slurm_conf=options.slurm_conf,
@@ -651,7 +679,7 @@ def build_collector(options: SlurmOptions, *, start: bool = True) -> SlurmCollec
         poll_interval=options.poll_interval,
         extras=extras,
         jobcomp=jobcomp,
-        state_file=options.state_file,
+        state_file=state_file,
         node_reasons_max=options.node_reasons_max,
     )
     if start:

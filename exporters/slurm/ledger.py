@@ -359,34 +359,62 @@ class Ledger:
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
-        """Restore counters and keys saved by `to_state()`; raises ValueError when malformed."""
+        """Restore counters and keys saved by `to_state()`. Raises ValueError, in plain words
+        and without changing anything, when `state` is malformed."""
+        if not isinstance(state, Mapping):
+            raise ValueError("its job ledger is not a JSON object")
         if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"unknown ledger state format {state.get('format')!r}")
+            raise ValueError(
+                f"its job ledger has an unknown format {state.get('format')!r} "
+                f"(this exporter writes {STATE_FORMAT})"
+            )
         try:
-            self._load(state)
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"malformed ledger state: {type(exc).__name__}: {exc}") from exc
-
-    def _load(self, state: Mapping[str, Any]) -> None:
-        self.hwm = int(state.get("hwm", 0))
-        self.finished = {(str(p), str(s), str(c)): float(v) for p, s, c, v in state["finished"]}
-        self.resource_seconds = {
-            (str(p), str(s), str(r)): float(v) for p, s, r, v in state["resource_seconds"]
-        }
-        self.exceeded = {(str(p), str(t)): float(v) for p, t, v in state["exceeded"]}
-        saved_bounds = tuple(float(b) for b in state["bounds"])
-        self.waits = {}
-        if saved_bounds == self.bounds:
-            for p, counts, total in state["waits"]:
-                if len(counts) == len(self.bounds) + 1:
-                    self.waits[str(p)] = Histogram([int(c) for c in counts], float(total))
-        elif state["waits"]:
+            loaded = self._parse(state)
+        except KeyError as exc:
+            raise ValueError(f"its job ledger lacks the key {exc}") from None
+        except (TypeError, AttributeError, ValueError, OverflowError) as exc:
+            raise ValueError(f"its job ledger holds a malformed value ({exc})") from None
+        (
+            self.hwm,
+            self.finished,
+            self.resource_seconds,
+            self.exceeded,
+            self.waits,
+            self._keys,
+            saved_bounds,
+        ) = loaded
+        if saved_bounds != self.bounds and state["waits"]:
             log.warning(
                 "queue-wait buckets changed since the state was saved: the histogram restarts",
                 extra={"saved": list(saved_bounds), "configured": list(self.bounds)},
             )
+
+    def _parse(
+        self, state: Mapping[str, Any]
+    ) -> tuple[
+        int,
+        dict[tuple[str, str, str], float],
+        dict[tuple[str, str, str], float],
+        dict[tuple[str, str], float],
+        dict[str, Histogram],
+        _Keys,
+        tuple[float, ...],
+    ]:
+        hwm = int(state.get("hwm", 0))
+        finished = {(str(p), str(s), str(c)): float(v) for p, s, c, v in state["finished"]}
+        resource_seconds = {
+            (str(p), str(s), str(r)): float(v) for p, s, r, v in state["resource_seconds"]
+        }
+        exceeded = {(str(p), str(t)): float(v) for p, t, v in state["exceeded"]}
+        saved_bounds = tuple(float(b) for b in state["bounds"])
+        waits = {}
+        saved_waits = list(state["waits"])
+        if saved_bounds == self.bounds:
+            for p, counts, total in saved_waits:
+                if len(counts) == len(self.bounds) + 1:
+                    waits[str(p)] = Histogram([int(c) for c in counts], float(total))
         keys = state["keys"]
-        self._keys = _Keys(
+        restored = _Keys(
             finished={int(k): [int(x) for x in v] for k, v in keys["finished"].items()},
             started={int(k): [int(x) for x in v] for k, v in keys["started"].items()},
             exceeded={
@@ -396,3 +424,4 @@ class Ledger:
             absent_jobs={int(k): int(v) for k, v in keys.get("absent_jobs", {}).items()},
             absent_bases={int(k): int(v) for k, v in keys.get("absent_bases", {}).items()},
         )
+        return hwm, finished, resource_seconds, exceeded, waits, restored, saved_bounds

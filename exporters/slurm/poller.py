@@ -200,6 +200,7 @@ class Poller:
         self._thread: threading.Thread | None = None
         self._turn = 0
         self._saved: tuple[int, int | None] | None = None
+        self._failed_saves = 0  # failed saves in a row
         self._calls: Counter[str] = Counter()
         self._call_errors: Counter[str] = Counter()
         self._call_seconds: dict[str, float] = {}
@@ -308,6 +309,7 @@ class Poller:
         previous = self.published
         self._publish(
             **changes,
+            backend=self.backend.name,  # a deferred choice (`auto`) is made by the first call
             cycles_done=previous.cycles_done + 1,
             last_cycle_ok=ok,
             last_success=now if ok else previous.last_success,
@@ -371,10 +373,26 @@ class Poller:
         try:
             save_state(self.state_file, doc)
         except OSError as exc:
-            log.warning(
-                "cannot save the state file: counters are not published until it is saved",
-                extra={"path": str(self.state_file), "err": exc.strerror or str(exc)},
-            )
+            # Said once per outage, not every cycle (hpcobs_slurm_state_save_errors_total counts).
+            if self._failed_saves == 0:
+                log.warning(
+                    "cannot save the state file: jobs are still counted in memory, but the new "
+                    "counts are published only once they are saved (said once; a line follows "
+                    "when saving works again)",
+                    extra={
+                        "path": str(self.state_file),
+                        "err": exc.strerror or str(exc),
+                        "hint": "make the state file's directory writable by the exporter "
+                        "(it writes a temporary file there and renames it) and free space",
+                    },
+                )
+            self._failed_saves += 1
             return {"state_save_errors": errors + 1}
+        if self._failed_saves:
+            log.info(
+                "state file saved again: counters published",
+                extra={"path": str(self.state_file), "failed_saves": self._failed_saves},
+            )
+            self._failed_saves = 0
         self._saved = marker
         return {"ledger": self.ledger.view(), "state_saves": saves + 1}

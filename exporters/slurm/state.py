@@ -1,47 +1,169 @@
 """The exporter's state file: the job ledger and the jobcomp read position, written atomically.
 
 One JSON document, replaced with write-to-temporary + fsync + rename + fsync of the folder,
-so a crash leaves either the old or the new state, never a mix. A state file that exists but
-cannot be read stops start-up (starting afresh would count jobs a second time); move it away
-to start afresh on purpose.
+so a crash leaves either the old or the new state, never a mix.
+
+At start-up (`restore_state`) a state file that is corrupt (not UTF-8, not JSON, truncated,
+not this exporter's, a ledger with missing keys or wrong types) is renamed to
+`<file>.corrupt-<UTC time>` and the ledger starts afresh; one error line names the file, what
+is wrong and what that means. A state file that exists but cannot be read (permissions, EIO,
+not a regular file) is left alone and the exporter runs without one (counters in memory only)
+until it is fixed and the exporter restarted: saving over it would destroy it. Either way the
+daemon starts; it never crash-loops on its own state.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import stat
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+log = logging.getLogger("hpcobs.slurm")
 
 FORMAT = "hpcobs-slurm-exporter-state"
+MAX_STATE_BYTES = 1 << 30  # far above any ledger (it is as small as slurmctld's job table)
+
+Restored = Literal["absent", "restored", "afresh", "unusable"]
+"""What `restore_state` did: no file yet; loaded; corrupt, moved aside, starting afresh;
+unreadable (or corrupt and not movable), left alone and not to be written."""
 
 
 class StateFileError(Exception):
-    """The state file exists but is unreadable or malformed."""
+    """The state file exists but cannot be read (`corrupt` False) or is malformed (True)."""
+
+    def __init__(self, path: Path, problem: str, *, corrupt: bool) -> None:
+        self.path = path
+        self.problem = problem
+        self.corrupt = corrupt
+        super().__init__(f"{path}: {problem}; move it away (or delete it) to start afresh")
+
+
+def parse_state(data: bytes) -> dict[str, Any]:
+    """The document in a state file's bytes; ValueError in plain words when it is not one."""
+    if not data.strip():
+        raise ValueError("it is empty (a write cut short?)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"it is not text (byte 0x{data[exc.start]:02x} at offset {exc.start} is not "
+            "UTF-8): binary garbage, not a state file"
+        ) from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        ended = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")
+        cut = " (cut short?)" if ended else ""
+        raise ValueError(
+            f"it is not valid JSON{cut}: {exc.msg} (line {exc.lineno} column {exc.colno})"
+        ) from None
+    if not isinstance(doc, dict) or doc.get("kind") != FORMAT:
+        raise ValueError(f'it is not an hpcobs-slurm-exporter state file (no "kind": "{FORMAT}")')
+    return doc
 
 
 def load_state(path: Path) -> dict[str, Any] | None:
     """The saved document, or None when there is no state file yet. Removes temporary files
-    a crash during a save left behind."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        with contextlib.suppress(OSError):
-            stale.unlink()
+    a crash during a save left behind. Never blocks on a FIFO (opened non-blocking, and only
+    a regular file is read). Raises StateFileError."""
+    with contextlib.suppress(OSError):
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
-        raise StateFileError(f"{path}: cannot read state file: {exc.strerror or exc}") from exc
+        raise StateFileError(path, f"cannot read it: {exc.strerror or exc}", corrupt=False) from exc
     try:
-        doc = json.loads(text)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StateFileError(path, "it is not a regular file", corrupt=False)
+        if st.st_size > MAX_STATE_BYTES:
+            raise StateFileError(path, f"it is too large ({st.st_size} bytes)", corrupt=True)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+    except OSError as exc:
+        raise StateFileError(path, f"cannot read it: {exc.strerror or exc}", corrupt=False) from exc
+    finally:
+        os.close(fd)
+    try:
+        return parse_state(b"".join(chunks))
     except ValueError as exc:
-        raise StateFileError(
-            f"{path}: state file is not valid JSON ({exc}); move it away to start afresh"
-        ) from exc
-    if not isinstance(doc, dict) or doc.get("kind") != FORMAT:
-        raise StateFileError(f"{path}: not an hpcobs-slurm-exporter state file")
-    return doc
+        raise StateFileError(path, str(exc), corrupt=True) from exc
+
+
+def move_aside(path: Path, now: float) -> Path:
+    """Rename `path` to `<path>.corrupt-<UTC time>` (never over an existing file); OSError."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.corrupt-{stamp}.{n}")
+        n += 1
+    os.rename(path, target)
+    return target
+
+
+def restore_state(
+    path: Path,
+    apply: Callable[[Mapping[str, Any]], None],
+    *,
+    afresh: str = "the job ledger starts afresh",
+    clock: Callable[[], float] = time.time,
+) -> Restored:
+    """Load `path` and hand the document to `apply`, which raises ValueError (in plain words,
+    changing nothing) when its content is malformed. Logs one line for a file that cannot be
+    used (`afresh` says what starting afresh means); never raises for the file's content."""
+    try:
+        doc = load_state(path)
+        if doc is None:
+            return "absent"
+        apply(doc)
+        return "restored"
+    except StateFileError as exc:
+        problem, corrupt = exc.problem, exc.corrupt
+    except ValueError as exc:
+        problem, corrupt = str(exc), True
+    if not corrupt:
+        log.error(
+            "cannot read the state file: running without one (counters in memory only, "
+            "nothing saved); fix it and restart the exporter",
+            extra={
+                "path": str(path),
+                "problem": problem,
+                "hint": "make it a regular file readable and writable by the exporter's user, "
+                "or move it away to start afresh",
+            },
+        )
+        return "unusable"
+    try:
+        moved = move_aside(path, clock())
+    except OSError as exc:
+        log.error(
+            "corrupt state file, and it cannot be moved aside: running without one (counters "
+            "in memory only, nothing saved); move it away or delete it and restart",
+            extra={"path": str(path), "problem": problem, "err": exc.strerror or str(exc)},
+        )
+        return "unusable"
+    log.error(
+        f"corrupt state file moved aside; {afresh}",
+        extra={
+            "path": str(path),
+            "problem": problem,
+            "moved_to": str(moved),
+            "hint": f"nothing to do to keep running; look at or delete {moved}",
+        },
+    )
+    return "afresh"
 
 
 def save_state(path: Path, doc: dict[str, Any]) -> int:

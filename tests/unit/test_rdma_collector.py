@@ -7,6 +7,8 @@ import errno
 import logging
 import os
 import shutil
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from hpcobs.exporters.runtime.app import build_parser
 from hpcobs.exporters.runtime.cli import parse_args
 from hpcobs.exporters.runtime.scrape import ScrapeCoordinator
 
+from harness.collectors import wait_until
 from harness.rdma import tree_builder
 from harness.trees import copy_tree
 
@@ -273,8 +276,9 @@ def test_roce_netdevs_from_gid_attrs(tmp_path: Path, collectors: list[RdmaCollec
         flaps={"enp0s0f0": 2},
     )
     collector = make(collectors, tree.sysfs, netlink=True, monitor_factory=lambda: monitor)
-    assert monitor.started  # listening from start-up on, before the first scrape
+    assert not monitor.started  # construction starts nothing; the first scrape does
     got = samples(collector.collect())
+    assert monitor.started
     up = dict(device="mlx5_0", port="1", netdev="enp0s0f0")
     assert got[key("hpcobs_rdma_netdev_info", **up, operstate="UP")] == 1
     assert got[key("hpcobs_rdma_netdev_up", **up)] == 1
@@ -515,6 +519,123 @@ def test_close_releases_descriptors(tmp_path: Path) -> None:
     collector.close()
     assert len(os.listdir("/proc/self/fd")) <= before
     assert list(collector.collect()) == []
+
+
+# -- a sysfs read that blocks (a wedged driver; a FIFO here) ---------------------------------
+
+
+def fifo_in_place_of(path: Path) -> Path:
+    path.unlink()
+    os.mkfifo(path)
+    return path
+
+
+def release_fifo(path: Path, text: str) -> None:
+    """Give the reader blocked on the FIFO something to read (a writer must open it)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # ENXIO: no reader (any more)
+        return
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def construct_within(seconds: float, sysfs: Path, **kwargs: Any) -> RdmaCollector:
+    """Build the collector in a thread (a hang must fail the test, not wedge the suite)."""
+    built: list[RdmaCollector] = []
+    thread = threading.Thread(
+        target=lambda: built.append(RdmaCollector(str(sysfs), **kwargs)), daemon=True
+    )
+    thread.start()
+    thread.join(seconds)
+    assert built, f"constructing the collector did not return within {seconds}s"
+    return built[0]
+
+
+@pytest.mark.parametrize(
+    ("blocked", "tree_kw"),
+    [
+        (("mlx5_0", "ports", "1", "state"), {}),  # a value file, kept open by the scan
+        (("mlx5_0", "fw_ver"), {}),  # a device attribute, read by the scan
+        (("mlx5_0", "ports", "1", "link_layer"), {}),  # a port attribute, read by the scan
+        (("mlx5_0", "device", "net", "ib0", "dev_port"), {"ipoib": True}),  # netdev mapping
+    ],
+    ids=["state", "fw_ver", "link_layer", "dev_port"],
+)
+def test_blocking_sysfs_read_costs_the_collector_not_the_daemon(
+    tmp_path: Path,
+    collectors: list[RdmaCollector],
+    blocked: tuple[str, ...],
+    tree_kw: dict[str, Any],
+) -> None:
+    """Issue 14 item 3: the layout scan ran in the constructor, before the daemon listened,
+    so a read that blocks kept it from ever listening. Now construction reads nothing and the
+    scan runs in the scrape, under its deadline; the hung collection is shared, not repeated."""
+    tree = trees.build_tree(tmp_path / "sys", hcas=2, ports=1, **tree_kw)
+    fifo = fifo_in_place_of(tree.ib(*blocked))
+    collector = construct_within(5.0, tree.sysfs, netlink=False)
+    collectors.append(collector)
+    collector.name = "rdma"
+    coordinator = ScrapeCoordinator([collector], timeout=0.3)
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            got = samples(coordinator.scrape())
+            assert time.monotonic() - started < 10  # the deadline (0.3 s), loosely
+            assert got[key("hpcobs_collector_up", collector="rdma")] == 0
+            assert not any(n.startswith("hpcobs_rdma") for n in names(got))
+        hung = [t for t in threading.enumerate() if t.name == "collector-rdma"]
+        assert len(hung) == 1  # single flight: three scrapes, one collection thread
+    finally:
+        release_fifo(fifo, "4: ACTIVE\n" if blocked[-1] == "state" else "x\n")
+    # The read returns: the same collection ends and the collector is up again.
+    assert wait_until(
+        lambda: samples(coordinator.scrape())[key("hpcobs_collector_up", collector="rdma")] == 1,
+        timeout=10,
+    )
+    got = samples(coordinator.scrape())
+    assert got[key("hpcobs_rdma_port_state", device="mlx5_1", port="1")] == 4
+    fifo.unlink()  # gone, as a file of a vanished device: the rest keeps being read
+    assert samples(coordinator.scrape())[key("hpcobs_collector_up", collector="rdma")] == 1
+
+
+def test_construction_reads_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tree = trees.build_tree(tmp_path / "sys", hcas=1, ports=1, roce=True)
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("I/O at construction")
+
+    with monkeypatch.context() as patched:
+        for name in ("open", "listdir", "scandir", "stat"):
+            patched.setattr(os, name, refuse)
+        collector = SPEC.factory(argparse.Namespace(path_sysfs=str(tree.sysfs)))
+    try:
+        assert isinstance(collector, RdmaCollector)
+        assert collector._plans == {} and collector._monitor is None
+    finally:
+        collector.close()
+
+
+def test_close_does_not_wait_for_a_hung_collection(tmp_path: Path) -> None:
+    tree = trees.build_tree(tmp_path / "sys", hcas=1, ports=1)
+    fifo = fifo_in_place_of(tree.ib("mlx5_0", "ports", "1", "state"))
+    thread = threading.Thread(daemon=True)
+    try:
+        collector = construct_within(5.0, tree.sysfs, netlink=False)
+        thread = threading.Thread(target=lambda: list(collector.collect()), daemon=True)
+        thread.start()
+        assert wait_until(lambda: collector._lock.locked())
+        closing = threading.Thread(target=collector.close, daemon=True)
+        closing.start()
+        closing.join(rdma.CLOSE_WAIT_SECONDS + 10)
+        assert not closing.is_alive(), "close() waited for the hung read"
+    finally:
+        release_fifo(fifo, "4: ACTIVE\n")
+        if thread.is_alive():
+            thread.join(10)
+    assert list(collector.collect()) == []  # closed
 
 
 # -- wiring ----------------------------------------------------------------------------------

@@ -8,18 +8,29 @@ objects and conventions). Both run the same collection cycles; every metric must
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
+import threading
 import time
+from importlib.machinery import ModuleSpec
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 
 from hpcobs.exporters.parse.slurm import SINFO_FORMAT, SQUEUE_FORMAT
-from hpcobs.exporters.slurm.backend import Backend, SlurmCallError, select_backend, versions_match
-from hpcobs.exporters.slurm.collector import families
+from hpcobs.exporters.slurm.backend import (
+    Backend,
+    DeferredBackend,
+    SlurmCallError,
+    select_backend,
+    startup_backend,
+    versions_match,
+)
+from hpcobs.exporters.slurm.collector import build_collector, families
 from hpcobs.exporters.slurm.ledger import Ledger
 from hpcobs.exporters.slurm.options import SlurmOptions
 from hpcobs.exporters.slurm.poller import Poller
@@ -34,6 +45,7 @@ from fakes.pyslurm_fake import (
     LicenseSpec,
     NodeSpec,
 )
+from harness.collectors import wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -517,3 +529,69 @@ def test_python_path_reaches_worker() -> None:
     # The worker is started with `spawn`: it must find `fakes` through sys.path.
     assert any(Path(p).name == "tests" for p in sys.path)
     assert subprocess.run([sys.executable, "-c", "pass"], check=False).returncode == 0
+
+
+# -- start-up runs no command (issue 14, item 3) ---------------------------------------------------
+
+
+def pretend_pyslurm_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, *args: Any) -> ModuleSpec | None:
+        return ModuleSpec("pyslurm", None) if name == "pyslurm" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+
+
+def test_backend_choice_that_needs_pyslurm_waits_for_the_first_cycle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Checking pyslurm against the installed Slurm starts a worker process and runs
+    `sinfo --version`; building the exporter (before it listens) must not do that."""
+    pretend_pyslurm_installed(monkeypatch)
+    chosen: list[tuple[str, str]] = []
+    commands = FakeCommands(ClusterSpec(nodes=[NodeSpec("n1", ["debug"], "IDLE")]))
+
+    def select(kind: str, **options: Any) -> Backend:
+        chosen.append((kind, threading.current_thread().name))
+        return PortableBackend(runner=commands)
+
+    monkeypatch.setattr("hpcobs.exporters.slurm.backend.select_backend", select)
+    collector = build_collector(SlurmOptions(backend="auto"), start=False)
+    try:
+        assert chosen == [] and commands.argvs == []
+        samples = {
+            (s.name, tuple(s.labels.values())): s.value
+            for family in collector.collect()
+            for s in family.samples
+        }
+        assert samples[("hpcobs_slurm_backend_info", ("auto",))] == 1
+        collector.poller.start()
+        assert wait_until(lambda: collector.poller.published.cycles_done >= 1)
+        assert chosen == [("auto", "slurm-poller")]
+        assert collector.poller.published.backend == "portable"
+        assert collector.poller.published.last_cycle_ok
+    finally:
+        collector.close()
+
+
+def test_deferred_backend_choice_that_fails_fails_the_cycle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def select(kind: str, **options: Any) -> Backend:
+        raise ValueError("--slurm.backend=pyslurm: pyslurm 25.11.2 needs Slurm 25.11")
+
+    backend = DeferredBackend("pyslurm", timeout=1, select=select)
+    with pytest.raises(SlurmCallError, match=r"needs Slurm 25\.11"):
+        backend.jobs()
+    assert backend.name == "pyslurm"
+    backend.close()
+
+
+def test_explicit_pyslurm_without_pyslurm_still_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
+    with pytest.raises(ValueError, match="pyslurm is not installed"):
+        startup_backend("pyslurm", timeout=1)
+    assert startup_backend("auto", timeout=1).name == "portable"

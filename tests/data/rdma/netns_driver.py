@@ -41,6 +41,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
     collector = RdmaCollector(sys.argv[1], netlink=True, rescan_interval=3600)
+    collector.collect()  # construction reads nothing: the first scrape starts the listener
     monitor = collector._monitor
     if monitor is None or not monitor.wait_connected(10):
         answer({"error": "netlink listener did not connect"})
