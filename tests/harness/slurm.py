@@ -1,4 +1,4 @@
-"""A private single-node Slurm 22.05 cluster for `real` tests (a pytest plugin).
+"""A private single-node Slurm cluster for `real` tests (a pytest plugin).
 
 Loaded by ``tests/conftest.py`` as ``harness.slurm``. :class:`SlurmCluster` starts, entirely
 under a temporary directory and as the current user (root in CI):
@@ -14,11 +14,27 @@ under a temporary directory and as the current user (root in CI):
 
 Every process is started in its own process group and stopped by PID (SIGTERM, then SIGKILL
 after a grace period); job processes left behind (``slurmstepd`` and the job's tasks, which
-outlive ``slurmd``) are found through ``SLURM_CONF=<this cluster's slurm.conf>`` in their
-environment and killed too. A cluster that cannot start raises :class:`SlurmStartError` with
-the tail of every log; the fixtures turn that into a test failure, never a skip.
+outlive ``slurmd``) are found and killed too (see :meth:`SlurmCluster.job_processes`). A
+cluster that cannot start raises :class:`SlurmStartError` with the tail of every log; the
+fixtures turn that into a test failure, never a skip.
 
-Timing (Debian 12, Slurm 22.05.8, 2 CPUs):
+Slurm versions: the binaries are the first ``slurmctld``, ``slurmd``, ``munged``, ``sbatch``, …
+on ``PATH`` (else /usr/sbin, /usr/bin): Debian 12's 22.05 on the host, or the wrappers of
+``scripts/compat/slurm-root.sh`` that run trixie's 24.11 or sid's 26.05 in a chroot.
+:func:`slurm_version` (``slurmd -V``) tells which, and the harness adapts:
+
+* from 24.11 on, ``slurmd`` loads a cgroup plugin even with
+  ``ProctrackType=proctrack/linuxproc`` and ``TaskPlugin=task/none`` (without a cgroup.conf
+  it autodetects one and logs ``No cgroup.conf file … using defaults``), and refuses to start
+  where that plugin cannot initialise; a ``cgroup.conf`` with ``CgroupPlugin=disabled`` next
+  to slurm.conf stops it. 22.05 does not know that value and exits with it, so it gets no
+  cgroup.conf;
+* from 24.11 on, ``slurmstepd`` runs with an empty environment (no ``SLURM_CONF``), so job
+  processes are found by what is unique to this cluster: the Unix socket every
+  ``slurmstepd`` listens on under this cluster's ``SlurmdSpoolDir``, the session the step runs
+  in, and their descendants.
+
+Timing (Debian 12, Slurm 22.05.8, 2 CPUs; 24.11 and 26.05 in their chroots start alike):
 
 * ``node1`` is ``idle`` about 0.05 s after start when ``slurmd`` is started once
   ``slurmctld`` accepts connections (started together, ``slurmd``'s first registration fails and
@@ -53,7 +69,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import pytest
 
@@ -67,11 +83,13 @@ __all__ = [
     "SlurmCommandError",
     "SlurmHarnessError",
     "SlurmStartError",
+    "SlurmVersion",
     "SlurmWaitTimeout",
     "detect_hardware",
     "free_tcp_ports",
     "slurm_cluster",
     "slurm_cluster_factory",
+    "slurm_version",
 ]
 
 CLUSTER_NAME = "hpcobs-test"
@@ -191,6 +209,50 @@ def detect_hardware() -> NodeHardware:
         ) from exc
 
 
+class SlurmVersion(NamedTuple):
+    """The Slurm on PATH; compares as a tuple (``slurm_version() >= (24, 11)``)."""
+
+    major: int
+    minor: int
+    micro: int
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor:02d}.{self.micro}"
+
+
+CGROUP_DISABLED_SINCE = (24, 11)
+"""First version whose harness cluster gets ``cgroup.conf`` with ``CgroupPlugin=disabled``
+(measured: 22.05 rejects the value, 24.11 and 26.05 need it where cgroups cannot work)."""
+
+
+@cache
+def slurm_version() -> SlurmVersion:
+    """The version ``slurmd -V`` reports (cached); :class:`SlurmStartError` if it cannot run.
+
+    ``slurmd -V`` reads no slurm.conf; from 24.11 on a client's ``--version`` (``sinfo``)
+    fails without one.
+    """
+    slurmd = _binary("slurmd")
+    try:
+        proc = subprocess.run(
+            [slurmd, "-V"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=_clean_env(),
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SlurmStartError(f"slurmd -V failed: {exc}") from exc
+    m = re.search(r"slurm(?:-wlm)?\s+(\d+)\.(\d+)(?:\.(\d+))?", proc.stdout + proc.stderr)
+    if m is None:
+        raise SlurmStartError(
+            f"cannot read the version from `slurmd -V` (rc {proc.returncode}): "
+            f"{proc.stdout!r} {proc.stderr!r}"
+        )
+    return SlurmVersion(int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
+
+
 def free_tcp_ports(count: int) -> list[int]:
     """``count`` distinct TCP ports free a moment ago on both 127.0.0.1 and the wildcard.
 
@@ -294,6 +356,63 @@ def _processes_with_env(name: str, value: str) -> dict[int, list[bytes]]:
         if needle in environ:
             found[int(entry.name)] = environ
     return found
+
+
+class _Proc(NamedTuple):
+    """What /proc/PID/stat says about a process."""
+
+    comm: str
+    state: str
+    ppid: int
+    sid: int
+
+
+def _process_table() -> dict[int, _Proc]:
+    """Every process visible in /proc (those gone while reading are left out)."""
+    table: dict[int, _Proc] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat.rpartition(")")[2].split()
+            table[int(entry.name)] = _Proc(comm, fields[0], int(fields[1]), int(fields[3]))
+        except (OSError, ValueError, IndexError):
+            continue
+    return table
+
+
+def _unix_socket_inodes(directory: Path) -> set[str]:
+    """Inodes of the Unix sockets bound to a path in ``directory`` (from /proc/net/unix; the
+    path is the one given to bind(), the same inside the compat chroots, whose /tmp is the
+    host's)."""
+    prefix = str(directory).rstrip("/") + "/"
+    try:
+        lines = Path("/proc/net/unix").read_text().splitlines()[1:]
+    except OSError:
+        return set()
+    inodes = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 8 and fields[7].startswith(prefix):
+            inodes.add(fields[6])
+    return inodes
+
+
+def _holds_socket(pid: int, links: set[str]) -> bool:
+    """Whether ``pid`` has one of the sockets ``links`` (``socket:[INODE]``) open."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in links:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,6 +539,8 @@ class SlurmCluster:
         self.wait_for_scheduler = wait_for_scheduler
 
         self.hardware = detect_hardware()
+        self.version = slurm_version()
+        """The Slurm version this cluster runs (:func:`slurm_version`)."""
         self.conf_path = self.base_dir / "slurm.conf"
         self.state_dir = self.base_dir / "state"
         self.log_dir = self.base_dir / "log"
@@ -560,6 +681,9 @@ class SlurmCluster:
         with os.fdopen(fd, "wb") as f:
             f.write(os.urandom(128))
         (self.base_dir / "plugstack.conf").write_text("")
+        if self.version >= CGROUP_DISABLED_SINCE:
+            # Read from slurm.conf's directory (see the module docstring).
+            (self.base_dir / "cgroup.conf").write_text("CgroupPlugin=disabled\n")
         self.slurmctld_port, self.slurmd_port = free_tcp_ports(2)
         self.conf_path.write_text(self.conf_text())
 
@@ -764,9 +888,22 @@ class SlurmCluster:
     # -- leftovers ----------------------------------------------------------------------------
 
     def job_processes(self) -> set[int]:
-        """slurmstepd and job tasks of this cluster (``SLURM_CONF`` is this conf), not daemons,
-        not this process's ancestors (a test may run clients with :attr:`env`), and not
-        processes started with :attr:`env` that are no job (an exporter under test)."""
+        """slurmstepd and job tasks of this cluster: not its daemons, not this process's
+        ancestors (a test may run clients with :attr:`env`), and not processes started with
+        :attr:`env` that are no job (an exporter under test).
+
+        Found by what is unique to this cluster, whatever the Slurm version:
+
+        * every ``slurmstepd`` listens on a Unix socket in this cluster's ``SlurmdSpoolDir``
+          (``node1_<job>.<step>``), found in /proc/net/unix;
+        * ``slurmd`` starts each ``slurmstepd`` in a session of its own, where the step's tasks
+          stay (unless they call setsid themselves): everything in those sessions;
+        * up to 22.05 ``slurmstepd`` and the tasks also carry ``SLURM_CONF=<this slurm.conf>``
+          in their environment (from 24.11 on ``slurmstepd``'s is empty, the tasks' still has
+          it, from the submitting environment): ``slurmstepd`` with it, and any process with
+          it and ``SLURM_JOB_ID`` (a task that left the session);
+        * and the descendants of all these.
+        """
         ours = {d.pid for d in self._daemons() if d.pid is not None}
         ancestors: set[int] = set()
         pid = os.getpid()
@@ -776,15 +913,35 @@ class SlurmCluster:
                 pid = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
             except (OSError, IndexError, ValueError):
                 break
+        table = _process_table()
+        links = {f"socket:[{inode}]" for inode in _unix_socket_inodes(self.spool_dir)}
         found: set[int] = set()
-        for pid, environ in _processes_with_env("SLURM_CONF", str(self.conf_path)).items():
-            if pid in ours or pid in ancestors or not _alive(pid):
-                continue
-            if _proc_comm(pid) == "slurmstepd" or any(
+        if links:
+            found = {
+                p
+                for p, info in table.items()
+                if info.comm == "slurmstepd" and _holds_socket(p, links)
+            }
+        excluded = ours | ancestors
+        # A session of a daemon or of this process is never a step's (slurmd calls setsid).
+        sessions = {table[p].sid for p in found} - {table[p].sid for p in excluded if p in table}
+        found |= {p for p, info in table.items() if info.sid in sessions}
+        for p, environ in _processes_with_env("SLURM_CONF", str(self.conf_path)).items():
+            if _proc_comm(p) == "slurmstepd" or any(
                 e.startswith(b"SLURM_JOB_ID=") for e in environ
             ):
-                found.add(pid)
-        return found
+                found.add(p)
+        found -= excluded
+        children: dict[int, list[int]] = {}
+        for p, info in table.items():
+            children.setdefault(info.ppid, []).append(p)
+        todo = list(found)
+        while todo:
+            for child in children.get(todo.pop(), []):
+                if child not in found and child not in excluded:
+                    found.add(child)
+                    todo.append(child)
+        return {p for p in found if _alive(p)}
 
     @staticmethod
     def _wait_gone(pids: Iterable[int], timeout: float) -> None:

@@ -1,4 +1,8 @@
-"""hpcobs-slurm-exporter against a real Slurm 22.05 (the harness's private single-node cluster).
+"""hpcobs-slurm-exporter against a real Slurm (the harness's private single-node cluster).
+
+The Slurm is the one on PATH: Debian 12's 22.05, or trixie's 24.11 or sid's 26.05 through
+scripts/compat/slurm.sh (which runs this file); where versions print different truths, the
+tests branch on `cluster.version` and say why.
 
 One cluster runs every scenario at once (the slow one, TIMEOUT, overlaps the others): jobs that
 complete, fail (exit 3), are cancelled (running, and while pending), time out, a held array of
@@ -12,14 +16,17 @@ TIMEOUT comes from slurmctld's own time-limit enforcement: the job runs with `--
 `scontrol update EndTime=now` moves its end, so the controller's next time-limit check (every
 30 s) ends it as TIMEOUT instead of after about 72 s.
 
-A second test stops slurmctld: scrapes stay fast, `hpcobs_slurm_up` drops to 0, gauges go
-after `--slurm.stale-after`, counters stay.
+A second test drains node1 while a job runs on one of its CPUs and compares the node,
+partition and scheduler (sdiag) metrics with what `sinfo` and `sdiag` say. A third stops
+slurmctld: scrapes stay fast, `hpcobs_slurm_up` drops to 0, gauges go after
+`--slurm.stale-after`, counters stay.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import signal
 import time
 import urllib.request
@@ -185,6 +192,24 @@ def test_job_outcomes_restart_and_ground_truth(
 
     cluster.wait_job_state(ok, "COMPLETED")
     cluster.wait_job_state(failed, "FAILED")
+    # 64 CPUs on one small node: 22.05 and 26.05 queue the job (pending, PartitionConfig;
+    # cancelled below), 24.11 refuses it yet records a FAILED job (reason BadConstraints),
+    # which the exporter counts as Slurm's own accounting does: failed, cause user, no
+    # resource-time, no queue wait.
+    refuses_too_big = cluster.version[:2] == (24, 11)
+    too_big = cluster.run("sbatch", "--parsable", "-c", "64", "--wrap=true", check=False)
+    if refuses_too_big:
+        assert too_big.returncode != 0, too_big.stdout
+        assert "Requested node configuration is not available" in too_big.stderr
+        out = cluster.run("squeue", "-h", "--states=all", "-o", "%i|%P|%T|%r").stdout
+        assert [line.split("|", 1)[1] for line in out.split() if "BadConstraints" in line] == [
+            "debug|FAILED|BadConstraints"
+        ], out
+    else:
+        assert too_big.returncode == 0, too_big.stderr
+        assert cluster.run(
+            "squeue", "-h", "-j", too_big.stdout.strip(), "-o", "%T|%r"
+        ).stdout.split() == ["PENDING|PartitionConfig"]
     for job in (running_cancel, timeout, licensed, *node_fail):
         cluster.wait_job_state(job, "RUNNING")
     cluster.run("scancel", str(running_cancel))
@@ -202,6 +227,7 @@ def test_job_outcomes_restart_and_ground_truth(
         pending = select(samples, "hpcobs_slurm_jobs_pending", "partition", "reason")
         assert pending[("debug", "JobHeldUser")] == 1000
         assert pending[("ovs", "Licenses")] == 1
+        assert pending.get(("debug", "PartitionConfig"), 0) == (0 if refuses_too_big else 1)
         assert select(samples, "hpcobs_slurm_license_count", "license") == {("matlab",): 4}
         assert select(samples, "hpcobs_slurm_license_used", "license") == {("matlab",): 3}
         assert select(samples, "hpcobs_slurm_license_pending_jobs", "license") == {("matlab",): 1}
@@ -241,6 +267,8 @@ def test_job_outcomes_restart_and_ground_truth(
     cluster.wait_job_state(timeout, "TIMEOUT", timeout=45)
     cluster.run("scancel", str(licensed))
     cluster.run("scancel", str(license_wait))
+    if not refuses_too_big:
+        cluster.run("scancel", too_big.stdout.strip())
     cluster.wait_job_state(licensed, "CANCELLED")
     cluster.run("scontrol", "update", "nodename=node1", "state=down", "reason=hpcobs test")
     for job in node_fail:
@@ -255,8 +283,13 @@ def test_job_outcomes_restart_and_ground_truth(
     without_log = start_exporter(cluster, work, "without-log", "--slurm.wait-thresholds=5s,1h")
 
     finished, cpu_seconds, started = jobcomp_truth(cluster)
-    assert sum(finished.values()) == 10 and finished[("ovs", "node_fail", "system")] == 2
-    assert finished[("ovs", "timeout", "user")] == 1 and finished[("debug", "failed", "user")] == 1
+    assert sum(finished.values()) == 11 and finished[("ovs", "node_fail", "system")] == 2
+    assert finished[("ovs", "timeout", "user")] == 1
+    if refuses_too_big:  # exit 3, and the refused -c 64
+        assert finished[("debug", "failed", "user")] == 2
+    else:  # exit 3; the -c 64 job was cancelled while pending
+        assert finished[("debug", "failed", "user")] == 1
+        assert finished[("debug", "cancelled", "user")] == 1
 
     def counters_match(exporter: ExporterProcess) -> bool:
         samples, _ = scrape(exporter)
@@ -292,6 +325,74 @@ def test_job_outcomes_restart_and_ground_truth(
     assert waited["ovs"] >= 1  # at least the job that waited for licenses
     assert {p: v for (p, t), v in exceeded.items() if t == "5"} == dict(waited)
     assert not any(t == "3600" for _, t in exceeded)
+
+
+def sdiag(cluster: SlurmCluster) -> dict[str, int]:
+    """The sdiag values this test compares: main cycles, jobs submitted and started, and
+    REQUEST_SUBMIT_BATCH_JOB calls."""
+    text = cluster.run("sdiag").stdout
+    main = text.split("Main schedule statistics", 1)[1]
+    values = {
+        "cycles": re.search(r"Total cycles:\s*(\d+)", main),
+        "submitted": re.search(r"Jobs submitted:\s*(\d+)", text),
+        "started": re.search(r"Jobs started:\s*(\d+)", text),
+        "submit_rpcs": re.search(r"REQUEST_SUBMIT_BATCH_JOB\s+\(\s*\d+\)\s+count:(\d+)", text),
+    }
+    assert all(values.values()), text
+    return {k: int(m.group(1)) for k, m in values.items() if m}
+
+
+def test_node_and_scheduler_metrics_match_sinfo_and_sdiag(
+    slurm_cluster_factory: SlurmClusterFactory, tmp_path: Path, start_exporter: Starter
+) -> None:
+    cluster = slurm_cluster_factory(extra_conf=EXTRA_CONF)
+    job = cluster.sbatch("sleep 300", "-p", "ovs")
+    cluster.wait_job_state(job, "RUNNING")
+
+    def one_cpu_allocated() -> bool:
+        # sinfo can show the node's CPUs as before the job (0 allocated, state allocated)
+        # until slurmctld refreshes its node data, which `scontrol show node` makes it do.
+        cluster.run("scontrol", "show", "node", "node1")
+        out = cluster.run("sinfo", "-h", "-N", "-n", "node1", "-O", "CPUsState").stdout
+        return out.split()[0].startswith("1/")
+
+    wait_for(one_cpu_allocated, 20, "sinfo showing one CPU of node1 allocated")
+    reason = "disk replacement | ticket 42"
+    cluster.run("scontrol", "update", "nodename=node1", "state=drain", f"reason={reason}")
+    raw = cluster.run("sinfo", "-h", "-N", "-n", "node1", "-O", "StateComplete").stdout.split()
+    # One CPU of node1 allocated, the others drained: 22.05 says allocated+drain (no CPU
+    # idle), 24.11 and later mixed+drain (not all allocated); the exporter calls both draining.
+    partly = cluster.cpus > 1 and cluster.version >= (24, 11)
+    assert set(raw) == {"mixed+drain" if partly else "allocated+drain"}, raw
+    before = sdiag(cluster)
+    exporter = start_exporter(cluster, tmp_path / "exporters", "nodes")
+    partitions = ("debug", "batch", "short", "ovs")
+
+    def nodes_match() -> bool:
+        samples, _ = scrape(exporter)
+        nodes = select(samples, "hpcobs_slurm_nodes", "partition", "state")
+        assert nodes == {(p, "draining"): 1 for p in partitions}, nodes
+        reasons = select(samples, "hpcobs_slurm_node_reason_info", "node", "state", "reason")
+        assert reasons == {("node1", "draining", reason): 1}, reasons
+        cpus = select(samples, "hpcobs_slurm_partition_cpus", "partition")
+        assert cpus == {(p,): cluster.cpus for p in partitions}, cpus
+        allocated = select(samples, "hpcobs_slurm_partition_cpus_allocated", "partition")
+        assert allocated == {(p,): 1 for p in partitions}, allocated
+        assert select(samples, "hpcobs_slurm_parse_errors_total", "call") == {}
+        return True
+
+    wait_for(nodes_match, 20, "node metrics equal to sinfo")
+    samples, _ = scrape(exporter)
+    after = sdiag(cluster)
+    assert before["submitted"] == after["submitted"] == 1
+    assert before["started"] == after["started"] == 1
+    events = select(samples, "hpcobs_slurm_scheduler_jobs_total", "event")
+    assert events[("submitted",)] == 1 and events[("started",)] == 1, events
+    rpcs = select(samples, "hpcobs_slurm_rpc_calls_total", "type")
+    assert rpcs[("REQUEST_SUBMIT_BATCH_JOB",)] == after["submit_rpcs"] == 1, rpcs
+    cycles = select(samples, "hpcobs_slurm_scheduler_cycles_total", "scheduler")
+    assert before["cycles"] <= cycles[("main",)] <= after["cycles"], (before, cycles, after)
+    assert samples[("hpcobs_slurm_up", ())] == 1
 
 
 def watch(exporter: ExporterProcess, seconds: float, until: Callable[[Samples], bool]) -> float:

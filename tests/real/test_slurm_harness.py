@@ -12,6 +12,7 @@ from harness.slurm import (
     SlurmClusterFactory,
     SlurmCommandError,
     detect_hardware,
+    slurm_version,
 )
 
 pytestmark = pytest.mark.real
@@ -59,6 +60,22 @@ def test_cluster_starts_quickly_with_the_configured_node(slurm_cluster: SlurmClu
     env = c.env
     assert env["SLURM_CONF"] == str(c.conf_path)
     assert not any(k.startswith("SLURM_") and k != "SLURM_CONF" for k in env)
+
+
+def test_version_and_cgroup_conf_per_version(slurm_cluster: SlurmCluster) -> None:
+    c = slurm_cluster
+    config = c.run("scontrol", "show", "config").stdout
+    assert f"SLURM_VERSION           = {slurm_version()}" in config
+    assert c.version == slurm_version()
+    cgroup_conf = c.base_dir / "cgroup.conf"
+    slurmd_log = c.slurmd_log.read_text()
+    if c.version >= (24, 11):
+        # slurmd would autodetect a cgroup plugin (and fail where it cannot initialise).
+        assert cgroup_conf.read_text() == "CgroupPlugin=disabled\n"
+        assert "No cgroup.conf file" not in slurmd_log
+    else:
+        # 22.05 does not know CgroupPlugin=disabled (slurmd exits with it) nor needs it.
+        assert not cgroup_conf.exists()
 
 
 def test_completed_and_failed_jobs(slurm_cluster: SlurmCluster) -> None:
@@ -135,13 +152,17 @@ def test_factory_options_and_stop_kills_everything(
     assert "MinJobAge               = 5 sec" in config
     assert "MaxArraySize            = 11" in config
 
-    job = c.sbatch("#!/bin/sh\n#SBATCH --job-name=left-behind\nsleep 300 &\nsleep 301\n")
+    # A task that leaves the step's session (setsid) is found too.
+    job = c.sbatch(
+        "#!/bin/sh\n#SBATCH --job-name=left-behind\nsleep 300 &\nsetsid sleep 302 &\nsleep 301\n"
+    )
     c.wait_job_state(job, "RUNNING", timeout=15)
     deadline = time.monotonic() + 10
-    while len(c.job_processes()) < 4:  # slurmstepd, the script, two sleeps
+    while len(c.job_processes()) < 5:  # slurmstepd, the script, three sleeps
         assert time.monotonic() < deadline, c.job_processes()
         time.sleep(0.05)
     job_pids = c.job_processes()
+    assert {_comm(p) for p in job_pids} == {"slurmstepd", "slurm_script", "sleep"}, job_pids
     daemon_pids = [c.slurmctld_pid, c.slurmd_pid, c.munged_pid]
 
     c.stop()
@@ -150,6 +171,14 @@ def test_factory_options_and_stop_kills_everything(
         assert pid is not None
         assert not _running(pid), pid
     assert c.job_processes() == set()
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def _running(pid: int) -> bool:

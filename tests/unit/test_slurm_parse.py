@@ -1,9 +1,12 @@
-"""Parsers of Slurm command output and jobcomp lines: real Slurm 22.05 captures, and fuzzing.
+"""Parsers of Slurm command output and jobcomp lines: real Slurm 22.05, 24.11 and 26.05
+captures, and fuzzing.
 
-The captures in tests/data/slurm/ come from a private Slurm 22.05.8 cluster (squeue/sinfo
-with the exporter's own formats and SLURM_TIME_FORMAT=%s, sdiag, scontrol show licenses, the
-jobcomp/filetxt log); `squeue-r-22.05.txt` is the same queue printed by `squeue -r` (Slurm
-itself expanding every array into one line per task), the independent truth for task counts.
+The captures in tests/data/slurm/ come from the harness's private cluster (squeue/sinfo with
+the exporter's own formats and SLURM_TIME_FORMAT=%s, sdiag, scontrol show licenses, the
+jobcomp/filetxt log): Debian 12's 22.05.8, trixie's 24.11.5 and sid's 26.05.5 (the last two
+by tests/data/slurm/capture.py, see the README there); `squeue-r-V.txt` is the same queue
+printed by `squeue -r` (Slurm itself expanding every array into one line per task), the
+independent truth for task counts.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from hpcobs.exporters.parse.slurm import (
     NODE_STATES,
     SINFO_FIELDS,
     SQUEUE_FIELDS,
+    Job,
     array_task_count,
     array_task_ids,
     compress_ids,
@@ -40,6 +44,7 @@ from hpcobs.exporters.parse.slurm import (
     parse_tres,
     pending_reason,
 )
+from hpcobs.exporters.slurm.ledger import Ledger
 
 pytestmark = pytest.mark.unit
 
@@ -85,17 +90,27 @@ def test_squeue_capture_records() -> None:
     assert jobs[9].state == "timeout" and jobs[7].state == "pending"
 
 
-def test_squeue_task_counts_match_slurms_own_expansion() -> None:
+@pytest.mark.parametrize(
+    ("version", "debug_pending"),
+    [
+        ("22.05", 1003),  # jobs 7, 14, 10 and the 1000 held tasks
+        ("24.11", 1001),  # job 18 and the 1000 held tasks
+        ("26.05", 1002),  # jobs 11 (-c 64) and 18, and the 1000 held tasks
+    ],
+)
+def test_squeue_task_counts_match_slurms_own_expansion(version: str, debug_pending: int) -> None:
     """Tasks per (partition, state) from the compact output equal `squeue -r`'s lines."""
     counts: Counter[tuple[str, str]] = Counter()
-    for job in parse_squeue(read("squeue-22.05.txt")).jobs:
+    parsed = parse_squeue(read(f"squeue-{version}.txt"))
+    assert parsed.bad_lines == 0
+    for job in parsed.jobs:
         counts[(job.partition, job.state)] += job.task_count
     truth: Counter[tuple[str, str]] = Counter()
-    for line in read("squeue-r-22.05.txt").splitlines():
+    for line in read(f"squeue-r-{version}.txt").splitlines():
         fields = line.split("|")
         truth[(fields[3].split(",")[0], fields[4].lower())] += 1
     assert counts == truth
-    assert truth[("debug", "pending")] == 1003  # jobs 7, 14, 10 and the 1000 held tasks
+    assert truth[("debug", "pending")] == debug_pending
 
 
 def test_squeue_free_text_reason_with_separator() -> None:
@@ -198,6 +213,183 @@ def test_jobcomp_rejects_other_lines() -> None:
     assert parse_jobcomp_line("JobId=12 garbage") is None
     line = read("jobcomp-22.05.log").splitlines()[0]
     assert parse_jobcomp_line(line[:-40]) is None
+
+
+# -- Slurm 24.11 and 26.05 (tests/data/slurm/capture.py; job ids by role as it prints them) ----
+
+NEW_VERSIONS = ("24.11", "26.05")
+
+
+@pytest.mark.parametrize("version", NEW_VERSIONS)
+def test_squeue_capture_records_new_versions(version: str) -> None:
+    parsed = parse_squeue(read(f"squeue-{version}.txt"))
+    assert parsed.bad_lines == 0
+    jobs = {j.job_id: j for j in parsed.jobs}
+    assert len(jobs) == 18
+    held = jobs[6]  # -a 0-999 -H
+    assert (held.state, held.task_count, held.is_remainder, held.eligible_time) == (
+        "pending",
+        1000,
+        True,
+        0,
+    )
+    assert pending_reason(held.reason) == "JobHeldUser"
+    rest = jobs[5]  # -a 0-9%2 cancelled with tasks 0 and 1 (jobs 12, 13) running
+    assert (rest.state, rest.array_tasks, rest.task_count, rest.ran) == (
+        "cancelled",
+        "2-9",
+        8,
+        False,
+    )
+    assert [(jobs[i].array_job_id, jobs[i].task_ids(), jobs[i].ran) for i in (12, 13)] == [
+        (5, [0], True),
+        (5, [1], True),
+    ]
+    throttled = jobs[15]  # -a 0-5%2 on the drained node
+    assert (throttled.task_count, throttled.array_tasks) == (6, "0-5")
+    assert pending_reason(throttled.reason) == "ReqNodeNotAvail"
+    for job_id, licenses in ((16, (("matlab", 5),)), (17, (("matlab", 1),))):
+        assert jobs[job_id].licenses == licenses
+        assert pending_reason(jobs[job_id].reason) == "ReqNodeNotAvail"
+    assert jobs[7].licenses == (("matlab", 5),) and jobs[7].state == "cancelled"
+    assert (jobs[8].state, jobs[8].ran) == ("cancelled", False)  # held, then cancelled
+    assert (jobs[3].state, pending_reason(jobs[3].reason)) == ("pending", "BeginTime")  # requeued
+    assert (jobs[10].state, jobs[10].ran, jobs[10].reason) == ("node_fail", True, "NodeDown")
+    assert jobs[9].state == "timeout" and jobs[9].end_time > jobs[9].start_time > 0
+    assert jobs[18].partition == "debug"  # pending in debug,short: the first partition
+    running = jobs[14]
+    assert (running.state, running.end_time, running.nodes, running.cpus) == (
+        "running",
+        0,
+        "node1",
+        1,
+    )
+    failed = jobs[1]
+    assert (failed.state, failed.reason, failed.memory_bytes) == (
+        "failed",
+        "NonZeroExitCode",
+        100 * MIB,
+    )
+    too_big = jobs[11]  # sbatch -c 64 on a 2-CPU node
+    assert (too_big.cpus, too_big.nodes, too_big.ran) == (64, "", False)
+    if version == "24.11":  # refused, recorded as FAILED
+        assert (too_big.state, too_big.reason) == ("failed", "BadConstraints")
+        assert too_big.start_time == too_big.end_time == too_big.eligible_time > 0
+    else:  # queued, as 22.05 does
+        assert (too_big.state, too_big.reason) == ("pending", "PartitionConfig")
+
+
+@pytest.mark.parametrize("version", NEW_VERSIONS)
+def test_sinfo_capture_new_versions(version: str) -> None:
+    parsed = parse_sinfo(read(f"sinfo-{version}.txt"))
+    assert parsed.bad_lines == 0
+    (node,) = parsed.nodes
+    assert node.partitions == ("ovs", "debug", "batch", "short")
+    # One of two CPUs allocated, node drained: 22.05 printed allocated+drain.
+    assert node.state == "draining" and node.raw_state == "mixed+drain"
+    assert (node.cpus, node.cpus_allocated) == (2, 1)
+    assert (node.memory_bytes, node.memory_allocated_bytes) == (23639 * MIB, 100 * MIB)
+    assert node.reason == "disk replacement | ticket 42"
+
+
+@pytest.mark.parametrize(
+    ("version", "main", "backfill", "jobs"),
+    [
+        ("24.11", (48, 954, 170, 14, 3, 1), (0, 1, 72, 72, 72, 3, 3), (1029, 10, 3, 4, 0)),
+        ("26.05", (49, 3018, 350, 13, 3, 1), (0, 1, 83, 83, 83, 3, 3), (1029, 10, 2, 4, 0)),
+    ],
+)
+def test_sdiag_capture_new_versions(
+    version: str,
+    main: tuple[int, ...],
+    backfill: tuple[int, ...],
+    jobs: tuple[int, ...],
+) -> None:
+    text = read(f"sdiag-{version}.txt")
+    # New blocks after the main and the backfill statistics; their lines are no statistic.
+    assert "\nMain scheduler exit:\n" in text and "\nBackfill exit\n" in text
+    s = parse_sdiag(text)
+    assert (s.server_thread_count, s.agent_queue_size, s.dbd_agent_queue_size) == (1, 0, 0)
+    assert (
+        s.jobs_submitted,
+        s.jobs_started,
+        s.jobs_completed,
+        s.jobs_canceled,
+        s.jobs_failed,
+    ) == jobs
+    assert (
+        s.main_last_cycle_us,
+        s.main_max_cycle_us,
+        s.main_mean_cycle_us,
+        s.main_total_cycles,
+        s.main_last_queue_length,
+        s.main_mean_depth,
+    ) == main
+    assert (
+        s.backfill_total_jobs,
+        s.backfill_total_cycles,
+        s.backfill_last_cycle_us,
+        s.backfill_max_cycle_us,
+        s.backfill_mean_cycle_us,
+        s.backfill_last_depth,
+        s.backfill_last_queue_length,
+    ) == backfill
+    assert s.rpc_count["REQUEST_SUBMIT_BATCH_JOB"] == 16
+    assert len(s.rpc_count) == 14 and "root" not in s.rpc_count
+
+
+@pytest.mark.parametrize("version", NEW_VERSIONS)
+def test_licenses_capture_new_versions(version: str) -> None:
+    lics = parse_licenses(read(f"licenses-{version}.txt"))
+    assert [(x.name, x.total, x.used, x.free) for x in lics] == [
+        ("ansys", 2, 0, 2),
+        ("matlab", 5, 0, 5),
+    ]
+
+
+def _jobcomp(version: str) -> dict[int, Job]:
+    from zoneinfo import ZoneInfo
+
+    utc = ZoneInfo("UTC")  # captured on a UTC machine
+    jobs = [parse_jobcomp_line(line, utc) for line in read(f"jobcomp-{version}.log").splitlines()]
+    assert all(j is not None for j in jobs)
+    return {j.job_id: j for j in jobs if j is not None}
+
+
+@pytest.mark.parametrize("version", NEW_VERSIONS)
+def test_jobcomp_capture_new_versions(version: str) -> None:
+    by_id = _jobcomp(version)
+    refused = version == "24.11"
+    assert sorted(by_id) == [1, 2, 3, 4, 5, 7, 8, 9, 10, *([11] if refused else []), 12, 13]
+    # NODE_FAIL lines end `DerivedExitCode=0:0 ExitCode=0:1` (22.05: ExitCode=0:0).
+    for job_id in (3, 10):
+        assert by_id[job_id].state == "node_fail" and by_id[job_id].ran
+    assert "name with | pipe" in read(f"jobcomp-{version}.log")  # job 3's name
+    assert (by_id[12].array_job_id, by_id[12].array_tasks) == (5, "0")
+    assert (by_id[5].ran, by_id[5].nodes) == (False, "")  # the array's pending rest
+    assert by_id[9].state == "timeout" and by_id[9].cpus == 1
+    squeue = {j.job_id: j for j in parse_squeue(read(f"squeue-{version}.txt")).jobs}
+    for job_id in (1, 2, 4, 7, 8, 9, 10, 12, 13, *([11] if refused else [])):
+        assert by_id[job_id].end_time == squeue[job_id].end_time, job_id
+        assert by_id[job_id].ran == squeue[job_id].ran, job_id
+    if refused:  # the refused -c 64: ProcCnt=0, no nodes
+        assert (by_id[11].state, by_id[11].ran, by_id[11].cpus) == ("failed", False, 0)
+
+
+def test_refused_job_2411_counts_once_as_failed_user_without_resources() -> None:
+    """24.11's refused `sbatch -c 64` is counted the way Slurm accounts it: one failed job,
+    cause user (it asked for what the partition cannot give), no CPU-time, no queue wait,
+    whichever source (squeue, then the jobcomp log) shows it."""
+    squeue = parse_squeue(read("squeue-24.11.txt")).jobs
+    led = Ledger(buckets=(10.0,), thresholds=(5.0,))
+    led.apply_snapshot(squeue, now=max(j.end_time for j in squeue))
+    led.apply_finished(_jobcomp("24.11").values())
+    assert led.finished[("debug", "failed", "user")] == 2  # exit 3, and the refused job
+    failed_cpu = led.resource_seconds[("debug", "failed", "cpu")]
+    exit3 = next(j for j in squeue if j.job_id == 1)
+    assert failed_cpu == exit3.end_time - exit3.start_time  # 1 CPU; nothing for the refused
+    assert led.waits["debug"].count == 2  # jobs 1 and 2 started; the refused one never did
+    assert ("debug", "5") not in led.exceeded
 
 
 # -- normalisers ------------------------------------------------------------------------------
