@@ -10,7 +10,15 @@ after a grace period).
 A component that cannot start makes the test fail with :class:`ComponentStartError`, whose
 message holds the command line and the tail of the component's log. Nothing is skipped.
 
-Timing notes (Prometheus 2.42, Alertmanager 0.25, Debian 12):
+The binaries are looked up on PATH (:func:`find_binary`), so a directory of other versions
+first on PATH switches them (``scripts/compat/run.py`` does, with Debian's trixie and sid
+packages); :func:`binary_version` says which version runs. The harness works unchanged with
+Prometheus 2.42, 2.53 and 3.5 and Alertmanager 0.25, 0.28 and 0.33. What a test must know:
+from Prometheus 3 on, range selectors are left-open, ``(t - w, t]``: a sample exactly on a
+window's start drops out, where 2.x includes it (:attr:`Prometheus.left_open_ranges`). Real
+scrapes are offset from the evaluation times, so test data should be too.
+
+Timing notes (Prometheus 2.42, Alertmanager 0.25, Debian 12; the same with the later ones):
 
 * Prometheus is ready (``/-/ready``) a fraction of a second after it is started, but its
   service-discovery manager only hands new target groups to the scrape manager on a fixed 5 s
@@ -30,8 +38,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -67,9 +77,11 @@ __all__ = [
     "WaitTimeoutError",
     "WebhookReceiver",
     "backfill",
+    "binary_version",
     "find_binary",
     "free_port",
     "http_request",
+    "prometheus_version",
 ]
 
 JSON = dict[str, Any]
@@ -126,6 +138,42 @@ def find_binary(name: str) -> str:
             f"(Debian package providing {name})"
         )
     return path
+
+
+_VERSION = re.compile(r"\bversion (\d+)\.(\d+)\.(\d+)")
+
+
+@functools.cache
+def _reported_version(path: str) -> tuple[int, int, int]:
+    try:
+        proc = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ComponentStartError(f"{path} --version could not run: {exc}") from exc
+    # Prometheus' tools print "prometheus, version 3.5.3+ds1 (branch: ...)", some on stderr.
+    match = _VERSION.search(proc.stdout + proc.stderr)
+    if proc.returncode != 0 or match is None:
+        raise ComponentStartError(
+            f"{path} --version exited with {proc.returncode} and no version:\n"
+            f"{(proc.stdout + proc.stderr)[-2000:]}"
+        )
+    major, minor, patch = (int(g) for g in match.groups())
+    return major, minor, patch
+
+
+def binary_version(name: str) -> tuple[int, int, int]:
+    """``(major, minor, patch)`` that ``name --version`` reports, for the ``name`` on PATH.
+
+    Asked once per binary (cached by its resolved path, so a different directory first on
+    PATH gives that binary's version).
+    """
+    return _reported_version(os.path.realpath(find_binary(name)))
+
+
+def prometheus_version() -> tuple[int, int, int]:
+    """The version of the ``prometheus`` on PATH (see :func:`binary_version`)."""
+    return binary_version("prometheus")
 
 
 def http_request(
@@ -485,6 +533,8 @@ class Prometheus(_Server):
         """
         super().__init__(workdir, name)
         self.binary = find_binary("prometheus")
+        self.version = binary_version("prometheus")
+        """``(major, minor, patch)`` of the binary that runs."""
         self.scrape_configs: list[Mapping[str, Any]] = list(scrape_configs)
         self.rule_files: list[str | Path] = list(rule_files)
         if rules is not None:
@@ -499,6 +549,11 @@ class Prometheus(_Server):
         self.retention = retention
         self.extra_args = list(extra_args)
         self.config_path = self.workdir / "prometheus.yml"
+
+    @property
+    def left_open_ranges(self) -> bool:
+        """Whether range selectors leave out a sample on the window's start (Prometheus 3)."""
+        return self.version >= (3, 0, 0)
 
     # -- configuration --------------------------------------------------------------------
 

@@ -8,20 +8,27 @@ samples (to 1e-6). Then it kills Prometheus: the daemon must stay up and report 
 no SLI at all rather than a wrong one.
 
 Why the comparison is exact: every series shares one sample grid (10 minutes, then 1
-minute for the last day), whole hours included, so
-- `increase()` over a short window extrapolates every series by the same factor, which
-  cancels in bad / total (counters start high, so no series is extrapolated to zero);
-- the period windows sum hourly tiles whose windows start and end on samples: no
-  extrapolation at all, so they equal the sum of the sample-to-sample increments; then add
-  the rest of the period (from the last whole hour, a sample, to the evaluation time), which
-  `increase()` extrapolates towards the evaluation time by the same factor for every series:
-  `extrapolation()` computes that factor from the sample grid, as Prometheus 2 documents it.
+minute for the last day), offset by 7 s from whole minutes as real scrapes are offset from
+the evaluations, so no sample lies on the edge of an hourly tile or of the rest of the
+period, and Prometheus 2 (closed ranges) and 3 (left-open ranges) select the same samples.
+`increase()` over any window is then the increase between the first and last samples inside,
+extrapolated towards the window's edges by a factor that is the same for every series (one
+grid; counters start high, so no series is extrapolated to zero) and that
+`Data.extrapolation()` computes from the grid, as Prometheus documents it:
+- over a short window the factor cancels in bad / total;
+- a period window sums hourly tiles (each extrapolated: 60/50 on the 10-minute grid, 60/59
+  on the 1-minute one) and the rest of the period, from the last whole hour to the
+  evaluation time; `expected_period()` adds them up the same way.
+Were a sample on a window's start after all (the evaluation time is arbitrary), `Data`
+selects it or not as the running Prometheus' version does.
 """
 
 from __future__ import annotations
 
+import bisect
 import calendar
 import datetime as dt
+import itertools
 import json
 import math
 import os
@@ -38,12 +45,13 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness.servers import PrometheusFactory, backfill, free_port
+from harness.servers import PrometheusFactory, backfill, free_port, prometheus_version
 
 pytestmark = pytest.mark.real
 
 SPEC = Path(__file__).resolve().parent.parent / "data" / "slo" / "real.spec.yaml"
 DAY, HOUR = 86400, 3600
+OFFSET = 7  # seconds from whole minutes to the samples, as real scrapes are offset
 SHORT = {"5m": 300, "30m": 1800, "1h": 3600, "2h": 7200, "6h": 21600, "1d": 86400, "3d": 259200}
 Key = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -53,9 +61,26 @@ Key = tuple[str, tuple[tuple[str, str], ...]]
 class Data:
     times: list[int]
     series: dict[Key, list[float]] = field(default_factory=dict)
+    left_open: bool = False
+    """Prometheus 3: a range selector leaves out a sample on the window's start."""
+    _increments: dict[Key, list[float]] = field(default_factory=dict)
 
     def add(self, name: str, labels: dict[str, str], values: list[float]) -> None:
-        self.series[(name, tuple(sorted(labels.items())))] = values
+        key = (name, tuple(sorted(labels.items())))
+        self.series[key] = values
+        # the running sum of sample-to-sample increments, resets included (a drop counts
+        # the new value)
+        running, total = [0.0], 0.0
+        for prev, v in itertools.pairwise(values):
+            total += v if v < prev else v - prev
+            running.append(total)
+        self._increments[key] = running
+
+    def inside(self, start: float, end: float) -> tuple[int, int]:
+        """Indices [lo, hi) of the samples a range selector over [start, end] (Prometheus 2)
+        or (start, end] (Prometheus 3) selects."""
+        lo = (bisect.bisect_right if self.left_open else bisect.bisect_left)(self.times, start)
+        return lo, bisect.bisect_right(self.times, end)
 
     def openmetrics(self) -> str:
         out = []
@@ -78,27 +103,40 @@ class Data:
     def increase(
         self, name: str, match: Callable[[dict[str, str]], bool], start: float, end: float
     ) -> float:
-        """Counter increase over [start, end] from the samples, resets included: the sum
-        of sample-to-sample increments (a drop counts the new value)."""
+        """Counter increase between the first and last samples in the window, resets
+        included: the sum of sample-to-sample increments (a drop counts the new value)."""
+        lo, hi = self.inside(start, end)
+        if hi - lo < 2:
+            return 0.0
         total = 0.0
-        for (n, labels), values in self.series.items():
-            if n != name or not match(dict(labels)):
-                continue
-            prev = None
-            for t, v in zip(self.times, values, strict=True):
-                if t < start or t > end:
-                    continue
-                if prev is not None:
-                    total += v if v < prev else v - prev
-                prev = v
+        for (n, labels), running in self._increments.items():
+            if n == name and match(dict(labels)):
+                total += running[hi - 1] - running[lo]
         return total
+
+    def extrapolation(self, start: float, end: float) -> float:
+        """The factor by which `increase()` over the window stretches the increase between
+        the first and last samples inside (the same for every series here: one sample grid,
+        counters far from zero): towards each edge by the distance to it when that is under
+        1.1 × the mean sample interval, else by half an interval. 0: fewer than 2 samples,
+        no result."""
+        lo, hi = self.inside(start, end)
+        if hi - lo < 2:
+            return 0.0
+        first, last = self.times[lo], self.times[hi - 1]
+        sampled = last - first
+        mean = sampled / (hi - lo - 1)
+        stretch: float = sampled
+        for gap in (first - start, end - last):
+            stretch += gap if gap < 1.1 * mean else mean / 2
+        return stretch / sampled
 
 
 def generate(now: float) -> Data:
     rng = random.Random(7)
-    t0 = int((now - 31 * DAY) // HOUR * HOUR)
-    fine = int((now - DAY) // HOUR * HOUR)
-    end = int((now - 30) // 60 * 60)
+    t0 = int((now - 31 * DAY) // HOUR * HOUR) + OFFSET
+    fine = int((now - DAY) // HOUR * HOUR) + OFFSET
+    end = int((now - 30) // 60 * 60) + OFFSET
     times = list(range(t0, fine, 600)) + list(range(fine, end + 1, 60))
     reset_at = t0 + 20 * DAY + 7 * 600  # the exporter restarts: every counter drops
     data = Data(times)
@@ -254,7 +292,8 @@ JOBS = "hpcobs_slurm_jobs_finished_total"
 
 
 def expected_events(data: Data, slo: str, start: float, end: float) -> tuple[float, float]:
-    """(bad, total) of an SLO over [start, end], from the generated samples."""
+    """(bad, total) of an SLO between the first and last samples in the window (not
+    extrapolated), from the generated samples."""
     if slo.startswith("job-success-"):
         p = slo.removeprefix("job-success-")
         bad = data.increase(
@@ -285,32 +324,24 @@ def expected_events(data: Data, slo: str, start: float, end: float) -> tuple[flo
     return total - good, total
 
 
-def extrapolation(times: list[int], start: float, end: float) -> float:
-    """The factor by which Prometheus 2's `increase()` over [start, end] stretches the
-    increase between the first and last samples inside (the same for every series here:
-    one sample grid, counters far from zero): towards each edge by the distance to it when
-    that is under 1.1 × the mean sample interval, else by half an interval. 0: fewer than 2
-    samples, no result."""
-    inside = [t for t in times if start <= t <= end]
-    if len(inside) < 2:
-        return 0.0
-    sampled = inside[-1] - inside[0]
-    mean = sampled / (len(inside) - 1)
-    stretch = sampled
-    for gap in (inside[0] - start, end - inside[-1]):
-        stretch += gap if gap < 1.1 * mean else mean / 2
-    return stretch / sampled
+def expected_increase(data: Data, slo: str, start: float, end: float) -> tuple[float, float]:
+    """(bad, total) of an SLO over the window as Prometheus' `increase()` counts them."""
+    factor = data.extrapolation(start, end)
+    bad, total = expected_events(data, slo, start, end)
+    return factor * bad, factor * total
 
 
 def expected_period(
     data: Data, slo: str, start: float, tiles_end: float, at: float
 ) -> tuple[float, float]:
-    """(bad, total) of a period window: the whole hours (start, tiles_end] exactly, then the
-    rest up to `at` as Prometheus' increase() extrapolates it."""
-    bad, total = expected_events(data, slo, start, tiles_end)
-    factor = extrapolation(data.times, tiles_end, at)
-    rest_bad, rest_total = expected_events(data, slo, tiles_end, at)
-    return bad + factor * rest_bad, total + factor * rest_total
+    """(bad, total) of a period window: the hourly tiles (h - 1h, h] of the whole hours up to
+    `tiles_end`, then the rest (tiles_end, at], each as `increase()` counts it."""
+    bad = total = 0.0
+    for hour in range(int(start) + HOUR, int(tiles_end) + 1, HOUR):
+        tile_bad, tile_total = expected_increase(data, slo, hour - HOUR, hour)
+        bad, total = bad + tile_bad, total + tile_total
+    rest_bad, rest_total = expected_increase(data, slo, tiles_end, at)
+    return bad + rest_bad, total + rest_total
 
 
 OBJECTIVES = {
@@ -394,6 +425,7 @@ def test_daemon_matches_independent_computation_and_survives_prometheus_death(
     daemon_factory: Callable[..., tuple[subprocess.Popen[bytes], str]],
 ) -> None:
     data = generate(time.time())
+    data.left_open = prometheus_version() >= (3, 0, 0)
     tsdb = tmp_path / "tsdb"
     backfill(data.openmetrics(), tsdb)
     prom = prometheus_factory(tsdb_path=tsdb)
@@ -438,12 +470,12 @@ def test_daemon_matches_independent_computation_and_survives_prometheus_death(
             assert got_burn == pytest.approx(ratio / budget, abs=1e-6), (slo, window)
             got_total = value(m, "hpcobs_slo_events", slo=slo, kind="total", window=window)
             assert got_total is not None
-            if window == name:  # period windows: exact hourly tiles, then the rest
+            if window == name:  # period windows: hourly tiles, then the rest
                 assert got_total == pytest.approx(total, rel=1e-9), (slo, window)
             else:  # short windows: increase() extrapolates from the first and last
                 # samples in the window towards its edges, never beyond them
-                inside = [t for t in data.times if ws <= t <= we]
-                stretch = SHORT[window] / (inside[-1] - inside[0])
+                lo, hi = data.inside(ws, we)
+                stretch = SHORT[window] / (data.times[hi - 1] - data.times[lo])
                 assert total * (1 - 1e-9) <= got_total <= total * stretch * (1 + 1e-9), (
                     slo,
                     window,
@@ -496,3 +528,142 @@ def test_daemon_matches_independent_computation_and_survives_prometheus_death(
     assert value(m2, "hpcobs_slo_evaluations_total", result="failure") >= 1
     assert value(m2, "hpcobs_slo_last_success_timestamp_seconds") == stopped_at
     assert proc.poll() is None
+
+
+# -- a fake Prometheus: credentials in the URL, and a hang (issue 14, items 5 and 10) -------
+class FakePrometheus:
+    """The query API on 127.0.0.1 answering empty results; it may require basic auth, fail
+    with 503, or hang (hold each request until closed)."""
+
+    def __init__(self, auth: tuple[str, str] | None = None) -> None:
+        import base64
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.auth_headers: list[str | None] = []
+        self.mode = "ok"  # "ok", "fail" or "hang"
+        self.released = threading.Event()
+        expected = (
+            None if auth is None else "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+        )
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                got = self.headers.get("Authorization")
+                fake.auth_headers.append(got)
+                if fake.mode == "hang":
+                    fake.released.wait(120)
+                    return
+                if expected is not None and got != expected:
+                    status, body = 401, {"status": "error", "error": "unauthorized"}
+                elif fake.mode == "fail":
+                    status, body = 503, {"status": "error", "error": "overloaded"}
+                else:
+                    kind = "matrix" if self.path.endswith("query_range") else "vector"
+                    status, body = (
+                        200,
+                        {"status": "success", "data": {"resultType": kind, "result": []}},
+                    )
+                data = json.dumps(body).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+        self.port = self.server.server_address[1]
+
+    def close(self) -> None:
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def test_daemon_sends_url_credentials_as_basic_auth_and_never_logs_the_password(
+    tmp_path: Path, daemon_factory: Callable[..., tuple[subprocess.Popen[bytes], str]]
+) -> None:
+    """Issue 14.5: `http://user:password@host/` failed ("Name or service not known") and the
+    password was logged on every query failure."""
+    secret = "pa55:w@rd"  # percent-encoded in the URL
+    fake = FakePrometheus(auth=("slo", secret))
+    try:
+        proc, url = daemon_factory(
+            f"--prometheus.url=http://slo:pa55%3Aw%40rd@127.0.0.1:{fake.port}/",
+            "--eval-interval=1s",
+            "--query.retries=0",
+            "--log.level=debug",
+            str(SPEC),
+        )
+        log = next(tmp_path.glob("daemon-*.log"))
+        wait_metrics(url, proc, log, lambda m: value(m, "hpcobs_slo_evaluation_success") == 1.0)
+        assert fake.auth_headers and all(h and h.startswith("Basic ") for h in fake.auth_headers)
+        fake.mode = "fail"  # every query fails now, and is logged
+        wait_metrics(url, proc, log, lambda m: value(m, "hpcobs_slo_evaluation_success") == 0.0)
+        time.sleep(1.5)  # a few failed evaluations more
+        text = log.read_text()
+        assert "query failed" in text and "HTTP 503" in text
+        assert f"127.0.0.1:{fake.port}" in text
+        assert "pa55" not in text and "w%40rd" not in text and "w@rd" not in text
+    finally:
+        fake.close()
+
+
+def test_daemon_reports_stale_while_prometheus_hangs(
+    tmp_path: Path, daemon_factory: Callable[..., tuple[subprocess.Popen[bytes], str]]
+) -> None:
+    """Issue 14.10: while Prometheus hangs, the evaluation waits up to its time limit (30 s);
+    meanwhile the daemon kept evaluation_success 1 and stale 0. Staleness must follow the
+    data's age: stale within about two evaluation intervals."""
+    fake = FakePrometheus()
+    try:
+        proc, url = daemon_factory(
+            f"--prometheus.url=http://127.0.0.1:{fake.port}",
+            "--eval-interval=1s",
+            "--eval.timeout=60s",
+            "--query.timeout=60s",
+            str(SPEC),
+        )
+        log = next(tmp_path.glob("daemon-*.log"))
+        m = wait_metrics(url, proc, log, lambda m: value(m, "hpcobs_slo_evaluation_success") == 1.0)
+        slos = [dict(labels)["slo"] for name, labels in m if name == "hpcobs_slo_stale"]
+        assert slos and all(value(m, "hpcobs_slo_stale", slo=s) == 0.0 for s in slos)
+        fake.mode = "hang"
+        hung_at = time.monotonic()
+        m = wait_metrics(
+            url,
+            proc,
+            log,
+            lambda m: (
+                value(m, "hpcobs_slo_evaluation_success") == 0.0
+                and all(value(m, "hpcobs_slo_stale", slo=s) == 1.0 for s in slos)
+            ),
+            timeout=15,  # 2 intervals, plus the evaluation in flight, plus a loaded machine
+        )
+        assert time.monotonic() - hung_at < 15
+        age1 = value(m, "hpcobs_slo_data_age_seconds", slo=slos[0])
+        assert age1 is not None and age1 > 2.0
+        for name, _labels in m:
+            assert name not in ("hpcobs_slo_sli_ratio", "hpcobs_slo_burn_rate"), name
+        time.sleep(1.0)
+        m2 = scrape(url)
+        age2 = value(m2, "hpcobs_slo_data_age_seconds", slo=slos[0])
+        assert age2 is not None and age2 > age1
+        assert value(m2, "hpcobs_slo_stale", slo=slos[0]) == 1.0
+        # the evaluation is still waiting on Prometheus: no evaluation has ended since
+        assert value(m2, "hpcobs_slo_evaluations_total", result="failure") in (None, 0.0)
+        assert proc.poll() is None
+    finally:
+        fake.close()
