@@ -450,7 +450,7 @@ def serve_main(argv: Sequence[str]) -> int:
     spec = CollectorSpec(
         name="slo",
         help="SLIs, error budgets and burn rates from the latest evaluation",
-        factory=lambda _args: SLOCollector(engine),
+        factory=lambda _args, _services: SLOCollector(engine),
     )
     try:
         return serve_exporter(f"{PROGRAM} serve", args, [spec])

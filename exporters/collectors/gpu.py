@@ -55,7 +55,7 @@ from hpcobs.exporters.nvml import (
 )
 from hpcobs.exporters.parse.cgroup import parse_job_mapping_file
 from hpcobs.exporters.runtime.cli import parse_duration
-from hpcobs.exporters.runtime.collector import Collector, CollectorSpec
+from hpcobs.exporters.runtime.collector import Collector, CollectorSpec, Services
 from hpcobs.exporters.runtime.metricdef import MetricDef
 from hpcobs.exporters.runtime.once import OnceLog
 
@@ -1016,7 +1016,7 @@ def _options(group: argparse._ArgumentGroup) -> None:
     )
 
 
-def _factory(args: argparse.Namespace) -> GpuCollector:
+def _factory(args: argparse.Namespace, services: Services) -> GpuCollector:
     return GpuCollector(
         timeout=args.gpu_timeout,
         xid=args.gpu_xid,

@@ -43,7 +43,7 @@ from prometheus_client.samples import Sample
 
 from hpcobs.exporters.parse import lustre as parse
 from hpcobs.exporters.runtime.cli import parse_duration
-from hpcobs.exporters.runtime.collector import Collector, CollectorSpec
+from hpcobs.exporters.runtime.collector import Collector, CollectorSpec, Services
 from hpcobs.exporters.runtime.metricdef import MetricDef
 from hpcobs.exporters.runtime.once import OnceLog
 
@@ -1066,7 +1066,7 @@ def _options(group: argparse._ArgumentGroup) -> None:
     )
 
 
-def _factory(args: argparse.Namespace) -> LustreCollector:
+def _factory(args: argparse.Namespace, services: Services) -> LustreCollector:
     return LustreCollector(
         args.path_procfs,
         args.path_sysfs,

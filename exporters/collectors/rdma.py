@@ -62,7 +62,7 @@ from hpcobs.exporters.parse.infiniband import (
     preview,
 )
 from hpcobs.exporters.runtime.cli import parse_duration
-from hpcobs.exporters.runtime.collector import Collector, CollectorSpec
+from hpcobs.exporters.runtime.collector import Collector, CollectorSpec, Services
 from hpcobs.exporters.runtime.metricdef import MetricDef
 from hpcobs.exporters.runtime.once import OnceLog
 
@@ -898,7 +898,7 @@ def _options(group: argparse._ArgumentGroup) -> None:
     )
 
 
-def _factory(args: argparse.Namespace) -> RdmaCollector:
+def _factory(args: argparse.Namespace, services: Services) -> RdmaCollector:
     return RdmaCollector(
         getattr(args, "path_sysfs", "/sys"),
         netlink=getattr(args, "rdma_netlink", True),

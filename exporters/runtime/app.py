@@ -23,7 +23,7 @@ from hpcobs.exporters.runtime.cli import (
     exporter_parser,
     parse_args,
 )
-from hpcobs.exporters.runtime.collector import Collector, CollectorSpec
+from hpcobs.exporters.runtime.collector import Collector, CollectorSpec, Services
 from hpcobs.exporters.runtime.log import setup_logging
 from hpcobs.exporters.runtime.scrape import ScrapeCoordinator
 from hpcobs.exporters.runtime.server import ExporterServer, parse_listen_address
@@ -65,16 +65,21 @@ class CollectorStartError(Exception):
     """A collector refused its options; the daemon does not start half-blind."""
 
 
-def build_collectors(args: argparse.Namespace, specs: Sequence[CollectorSpec]) -> list[Collector]:
-    """The enabled collectors, built from the parsed flags. On a bad option, those already built
-    are closed and CollectorStartError names the collector."""
+def build_collectors(
+    args: argparse.Namespace, specs: Sequence[CollectorSpec], services: Services | None = None
+) -> list[Collector]:
+    """The enabled collectors, built from the parsed flags and the shared `services` (made here
+    when not given). On a bad option, those already built are closed and CollectorStartError
+    names the collector."""
+    services = Services(args) if services is None else services
     collectors: list[Collector] = []
     for spec in enabled_collectors(args, specs):
         try:
-            collector = spec.factory(args)
+            collector = spec.factory(args, services)
         except Exception as exc:  # bad options: refuse to start rather than run half-blind
             for started in collectors:
                 started.close()
+            services.close()
             raise CollectorStartError(f"collector {spec.name}: {exc}") from exc
         collector.name = spec.name
         collectors.append(collector)
@@ -103,8 +108,9 @@ def serve(
     except ValueError as exc:
         return _fail(program, f"--web.listen-address: {exc}")
 
+    services = Services(args)
     try:
-        collectors = build_collectors(args, specs)
+        collectors = build_collectors(args, specs, services)
     except CollectorStartError as exc:
         return _fail(program, str(exc))
 
@@ -125,6 +131,7 @@ def serve(
         )
     except (OSError, ValueError) as exc:
         coordinator.close()
+        services.close()
         return _fail(program, f"cannot listen on {args.web_listen_address}: {exc}")
 
     def shutdown(signum: int, frame: FrameType | None) -> None:
@@ -160,4 +167,5 @@ def serve(
     finally:
         server.server_close()
         coordinator.close()
+        services.close()
     return 0

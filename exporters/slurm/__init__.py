@@ -14,13 +14,13 @@ import argparse
 from collections.abc import Sequence
 
 from hpcobs.exporters.runtime.app import run_exporter
-from hpcobs.exporters.runtime.collector import Collector, CollectorSpec
+from hpcobs.exporters.runtime.collector import Collector, CollectorSpec, Services
 
 PROGRAM = "hpcobs-slurm-exporter"
 DEFAULT_LISTEN = ":9947"
 
 
-def _factory(args: argparse.Namespace) -> Collector:
+def _factory(args: argparse.Namespace, services: Services) -> Collector:
     from hpcobs.exporters.slurm.collector import build_collector
     from hpcobs.exporters.slurm.options import SlurmOptions
 

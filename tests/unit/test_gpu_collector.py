@@ -23,6 +23,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from hpcobs.exporters.collectors import gpu
 from hpcobs.exporters.collectors.gpu import GpuCollector, NvmlInitError
+from hpcobs.exporters.runtime.collector import Services
 from hpcobs.exporters.runtime.scrape import ScrapeCoordinator
 
 from fakes.pynvml_fake import FakeGpu, FakeNvml, FakeProcess, _missing, fleet
@@ -511,13 +512,13 @@ def test_flags_reach_the_collector(tmp_path: Any) -> None:
             "--no-collector.jobs.environ-fallback",
         ],
     )
-    collector = gpu.SPEC.factory(args)
+    collector = gpu.SPEC.factory(args, Services(args))
     assert isinstance(collector, GpuCollector)
     assert collector.timeout == 1.5 and collector.xid_enabled is False
     assert collector.pcie_throughput is False and collector.max_jobs == 9
     assert collector.job_mapping_dir == str(tmp_path)
     assert collector.attributor.environ_fallback is False
-    defaults = gpu.SPEC.factory(parse_args(parser, []))
+    defaults = gpu.SPEC.factory(ns := parse_args(parser, []), Services(ns))
     assert isinstance(defaults, GpuCollector)
     assert defaults.xid_enabled and defaults.processes_enabled and defaults.timeout == 4.0
 

@@ -24,6 +24,7 @@ from hpcobs.exporters.collectors.jobs import (
 )
 from hpcobs.exporters.runtime.app import build_parser
 from hpcobs.exporters.runtime.cli import parse_args
+from hpcobs.exporters.runtime.collector import Services
 
 pytestmark = pytest.mark.unit
 
@@ -261,7 +262,7 @@ def test_flags_reach_the_collector(monkeypatch: pytest.MonkeyPatch) -> None:
             "--no-collector.jobs.environ-fallback",
         ],
     )
-    collector = jobs.SPEC.factory(args)
+    collector = jobs.SPEC.factory(args, Services(args))
     assert isinstance(collector, JobsCollector)
     assert collector.max_jobs == 3 and collector.attributor.environ_fallback is False
     assert collector.attributor.proc.root == str(DATA / "linuxproc" / "proc")

@@ -22,6 +22,7 @@ from hpcobs.exporters.collectors import lustre as mod
 from hpcobs.exporters.collectors.lustre import LustreCollector
 from hpcobs.exporters.runtime.app import build_parser
 from hpcobs.exporters.runtime.cli import parse_args
+from hpcobs.exporters.runtime.collector import Services
 from hpcobs.exporters.runtime.scrape import ScrapeCoordinator
 
 from harness.lustre_trees import (
@@ -770,13 +771,13 @@ def test_flags_build_the_collector(tmp_path: Path) -> None:
         [f"--path.procfs={tmp_path}/p", f"--path.sysfs={tmp_path}/s", "--collector.lustre.max-jobs=5",
          "--collector.lustre.lctl-timeout=500ms", "--collector.lustre.lctl-path=", "--collector.lustre.job-io-operations"],
     )  # fmt: skip
-    collector = mod.SPEC.factory(args)
+    collector = mod.SPEC.factory(args, Services(args))
     assert isinstance(collector, LustreCollector)
     assert collector.max_jobs == 5 and collector.job_io_operations and collector.lctl is None
     assert collector.roots[0] == tmp_path / "p/fs/lustre"
     assert collector.roots[2] == tmp_path / "s/kernel/debug/lustre"
     args = parse_args(parser, ["--collector.lustre.lctl-timeout=2s"])
-    collector = mod.SPEC.factory(args)
+    collector = mod.SPEC.factory(args, Services(args))
     assert isinstance(collector, LustreCollector) and collector.lctl is not None
     assert collector.lctl.timeout == 2.0 and collector.max_jobs == 1000
     with pytest.raises(SystemExit):

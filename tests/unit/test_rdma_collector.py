@@ -21,6 +21,7 @@ from hpcobs.exporters.collectors.rdma import SPEC, RdmaCollector
 from hpcobs.exporters.netlink import FlapCounter, Link, NetlinkUnavailableError
 from hpcobs.exporters.runtime.app import build_parser
 from hpcobs.exporters.runtime.cli import parse_args
+from hpcobs.exporters.runtime.collector import Services
 from hpcobs.exporters.runtime.scrape import ScrapeCoordinator
 
 from harness.collectors import wait_until
@@ -610,7 +611,7 @@ def test_construction_reads_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with monkeypatch.context() as patched:
         for name in ("open", "listdir", "scandir", "stat"):
             patched.setattr(os, name, refuse)
-        collector = SPEC.factory(argparse.Namespace(path_sysfs=str(tree.sysfs)))
+        collector = SPEC.factory(ns := argparse.Namespace(path_sysfs=str(tree.sysfs)), Services(ns))
     try:
         assert isinstance(collector, RdmaCollector)
         assert collector._plans == {} and collector._monitor is None
@@ -655,7 +656,7 @@ def test_spec_is_discovered_with_its_flags(tmp_path: Path) -> None:
         ],
     )
     assert args.collector_rdma is True
-    collector = SPEC.factory(args)
+    collector = SPEC.factory(args, Services(args))
     try:
         assert isinstance(collector, RdmaCollector)
         assert collector.root == os.path.join(str(tmp_path), "class", "infiniband")
@@ -663,7 +664,7 @@ def test_spec_is_discovered_with_its_flags(tmp_path: Path) -> None:
         assert collector.rescan_interval == 300
     finally:
         collector.close()
-    defaults = SPEC.factory(argparse.Namespace(path_sysfs=str(tmp_path)))
+    defaults = SPEC.factory(ns := argparse.Namespace(path_sysfs=str(tmp_path)), Services(ns))
     try:
         assert isinstance(defaults, RdmaCollector) and defaults.netlink is True
     finally:

@@ -26,8 +26,8 @@ def _opts(group: argparse._ArgumentGroup) -> None:
 
 
 SPECS = [
-    CollectorSpec("alpha", factory=lambda a: None, help="alpha", add_arguments=_opts),  # type: ignore[arg-type,return-value]
-    CollectorSpec("beta", factory=lambda a: None, help="beta", default_enabled=False),  # type: ignore[arg-type,return-value]
+    CollectorSpec("alpha", factory=lambda a, s: None, help="alpha", add_arguments=_opts),  # type: ignore[arg-type,return-value]
+    CollectorSpec("beta", factory=lambda a, s: None, help="beta", default_enabled=False),  # type: ignore[arg-type,return-value]
 ]
 
 
