@@ -20,7 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # latency-sensitive first, the long full-load ones last; others (new ones) in between
-FIRST = ("probe", "runtime", "rdma")
+FIRST = ("probe", "noise", "runtime", "rdma", "node")
 LAST = ("slo", "gpu", "lustre", "slurm")
 
 
@@ -54,6 +54,7 @@ def main(argv: list[str]) -> int:
         spec = importlib.util.spec_from_file_location(path.stem, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
         started = time.monotonic()
         try:
             spec.loader.exec_module(module)

@@ -10,6 +10,7 @@ Fixtures for the real components live in `tests/harness/` and are loaded as plug
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,14 @@ def fixture_trees() -> Path:
     if not FIXTURE_TREES.is_dir():
         pytest.fail(f"fixture trees not found at {FIXTURE_TREES}")
     return FIXTURE_TREES
+
+
+@pytest.fixture(autouse=True)
+def _psutil_procfs() -> Iterator[None]:
+    """psutil reads one procfs per interpreter (`psutil.PROCFS_PATH`), which a collector built
+    with `--path.procfs` on a fixture tree sets: put it back after every test."""
+    import psutil
+
+    saved = psutil.PROCFS_PATH
+    yield
+    psutil.PROCFS_PATH = saved

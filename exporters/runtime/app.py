@@ -25,6 +25,7 @@ from hpcobs.exporters.runtime.cli import (
 )
 from hpcobs.exporters.runtime.collector import Collector, CollectorSpec, Services
 from hpcobs.exporters.runtime.log import setup_logging
+from hpcobs.exporters.runtime.memory import release_free_memory, tune_malloc
 from hpcobs.exporters.runtime.scrape import ScrapeCoordinator
 from hpcobs.exporters.runtime.server import ExporterServer, parse_listen_address
 from hpcobs.exporters.runtime.webconfig import WebConfigError, load_web_config
@@ -108,6 +109,7 @@ def serve(
     except ValueError as exc:
         return _fail(program, f"--web.listen-address: {exc}")
 
+    tune_malloc()  # before the collectors start their threads (see memory.py)
     services = Services(args)
     try:
         collectors = build_collectors(args, specs, services)
@@ -138,9 +140,14 @@ def serve(
         log.info("shutting down", extra={"signal": signal.Signals(signum).name})
         threading.Thread(target=server.shutdown, daemon=True).start()
 
-    if threading.current_thread() is threading.main_thread():
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_wakeup_fd = -1
+    if in_main_thread:
         signal.signal(signal.SIGTERM, shutdown)
         signal.signal(signal.SIGINT, shutdown)
+        # The accepting loop sleeps without a timeout; a signal that the kernel hands to
+        # another thread must still wake the main thread so that its handler runs.
+        previous_wakeup_fd = signal.set_wakeup_fd(server.wakeup_fd, warn_on_full_buffer=False)
     if stop is not None:  # embedding (tests, demo): stop when the event is set
         event = stop
 
@@ -162,9 +169,15 @@ def serve(
             "collectors": ",".join(c.name for c in collectors) or "none",
         },
     )
+    # What importing and building the collectors freed goes back to the kernel (see memory.py)
+    release_free_memory()
     try:
-        server.serve_forever(poll_interval=0.2)
+        # No poll interval: between scrapes the main thread sleeps until a connection, a
+        # shutdown or a signal arrives (was 0.2 s: 5 wake-ups a second; issue 16 item 2).
+        server.serve_forever()
     finally:
+        if in_main_thread:
+            signal.set_wakeup_fd(previous_wakeup_fd)
         server.server_close()
         coordinator.close()
         services.close()

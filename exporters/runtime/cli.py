@@ -22,8 +22,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hpcobs.exporters.runtime.collector import CollectorSpec
 from hpcobs.exporters.runtime.log import FORMATS, LEVELS
 from hpcobs.exporters.runtime.server import (
@@ -291,6 +289,8 @@ def _flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_file_defaults(parser: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
     """Map a YAML config file onto argparse destinations, validating names and types."""
+    import yaml  # only with --config.file: a daemon without one does not load it (issue 16)
+
     try:
         doc = yaml.safe_load(path.read_text())
     except OSError as exc:

@@ -1,6 +1,7 @@
 """Run a daemon's collectors for one scrape: concurrently, under a deadline, isolated.
 
-- Every collector runs in its own worker thread; the scrape waits at most `timeout` seconds.
+- Every collector runs on its own persistent worker thread (the runtime's `SingleFlight`, one
+  key per collector); the scrape waits at most `timeout` seconds.
   A collector that raises or misses the deadline is reported with
   `hpcobs_collector_up{collector} 0`; the others' metrics are served as usual.
 - Single flight: while a collector's collection is still running (a hung source), later
@@ -16,19 +17,20 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future
-from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 
 from prometheus_client.metrics_core import Metric
 
 from hpcobs.exporters.runtime.collector import Collector, NoDataError
 from hpcobs.exporters.runtime.metricdef import MetricDef
+from hpcobs.exporters.runtime.singleflight import Flight, SingleFlight
 
 UP = MetricDef(
     "hpcobs_collector_up",
@@ -82,7 +84,9 @@ class ScrapeCoordinator:
         self.timeout = timeout
         self.min_timeout = min(min_timeout, timeout)
         self._lock = threading.Lock()
-        self._inflight: dict[str, tuple[float, Future[_Result]]] = {}
+        self._flights = SingleFlight("collector")
+        # An abandoned coordinator (never closed) does not leave its idle workers behind.
+        weakref.finalize(self, self._flights.close)
         self._states = {n: CollectorState(n) for n in names}
 
     # -- prometheus_client interface ---------------------------------------------------
@@ -99,14 +103,26 @@ class ScrapeCoordinator:
         names = [n for n in self.collectors if wanted is None or n in wanted]
         budget = self.budget(timeout)
         started = time.monotonic()
-        futures = {name: self._submit(name) for name in names}
-        wait_futures([f for _, f in futures.values()], timeout=budget)
+        flights = {name: self._submit(name) for name in names}
+        # Each future in turn, until the deadline: half the cost of concurrent.futures.wait()
+        # (25 vs 54 µs per scrape and collector on the CI VM; issue 16).
+        deadline = started + budget
+        for flight in flights.values():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                flight.future.exception(timeout=remaining)
+            except TimeoutError:
+                break
 
         up = UP.gauge()
         duration = DURATION.gauge()
-        for name, (submitted, future) in futures.items():
+        for name, flight in flights.items():
+            future = flight.future
             if future.done():
-                result = future.result()
+                failure = future.exception()  # only a BaseException escapes _run
+                result = future.result() if failure is None else _Result(error=failure)
                 ok = result.error is None
                 if ok:
                     yield from result.metrics
@@ -114,7 +130,7 @@ class ScrapeCoordinator:
                 took = result.duration
             else:
                 ok = False
-                took = time.monotonic() - min(submitted, started)
+                took = time.monotonic() - min(flight.submitted, started)
                 if budget >= self.timeout or took >= self.timeout:
                     error = TimeoutError(f"no result within {self.timeout:g}s")
                     self._record(name, False, took, error)
@@ -132,23 +148,12 @@ class ScrapeCoordinator:
         return min(self.timeout, max(self.min_timeout, timeout))
 
     # -- internals ---------------------------------------------------------------------
-    def _submit(self, name: str) -> tuple[float, Future[_Result]]:
-        with self._lock:
-            running = self._inflight.get(name)
-            if running is not None and not running[1].done():
-                return running
-            future: Future[_Result] = Future()
-            entry = (time.monotonic(), future)
-            self._inflight[name] = entry
-        # A daemon thread per collection: a collector hung in a driver call must not keep
-        # the process from exiting (ThreadPoolExecutor joins its workers at exit).
-        collector = self.collectors[name]
-        threading.Thread(
-            target=lambda: future.set_result(self._run(collector)),
-            name=f"collector-{name}",
-            daemon=True,
-        ).start()
-        return entry
+    def _submit(self, name: str) -> Flight[_Result]:
+        """Run `name`'s collection on its worker, or join its run still in flight. The
+        persistent worker saves starting a thread per collection and scrape (about 70 µs of
+        CPU each, issue 16); a hung run holds that one worker, never one thread per scrape."""
+        # the work does not reference the coordinator (see the finalizer in __init__)
+        return self._flights.submit(name, functools.partial(self._run, self.collectors[name]))
 
     @staticmethod
     def _run(collector: Collector) -> _Result:
@@ -184,7 +189,8 @@ class ScrapeCoordinator:
             return [CollectorState(**vars(s)) for s in self._states.values()]
 
     def close(self) -> None:
-        """Close every collector (stops their background threads)."""
+        """Close every collector (stops their background threads) and let the workers exit."""
+        self._flights.close()
         for collector in self.collectors.values():
             try:
                 collector.close()

@@ -38,7 +38,7 @@ class Flight(Generic[T]):
     joined: bool
 
 
-_Work = tuple[Callable[[], Any], "Future[Any]"]
+_Work = tuple[Callable[[], Any], "Future[Any]"] | None  # None: exit (close())
 
 
 class _Worker:
@@ -93,10 +93,20 @@ class SingleFlight:
         with self._lock:
             return sum(1 for w in self._workers.values() if w.alive)
 
+    def close(self) -> None:
+        """Let every worker exit: an idle one now, one still in a run when that run ends (its
+        callers keep waiting on it). A later `submit` starts a new worker. For shutdown, and so
+        that an abandoned runner (a closed exporter, a test's) does not keep idle threads."""
+        with self._lock:
+            workers, self._workers = list(self._workers.values()), {}
+            for worker in workers:
+                worker.alive = False
+                worker.queue.put(None)
+
     def _serve(self, key: Hashable, worker: _Worker) -> None:
         while True:
             try:
-                fn, future = worker.queue.get(timeout=self._idle_exit)
+                work = worker.queue.get(timeout=self._idle_exit)
             except queue.Empty:
                 with self._lock:
                     if worker.queue.empty():  # nothing was queued while we timed out
@@ -105,8 +115,11 @@ class SingleFlight:
                             del self._workers[key]
                         return
                 continue
+            if work is None:
+                return
+            fn, future = work
             try:
                 future.set_result(fn())
             except BaseException as exc:  # handed to the caller, whatever it is
                 future.set_exception(exc)
-            del fn, future  # no reference to the last run while idle
+            del fn, future, work  # no reference to the last run while idle

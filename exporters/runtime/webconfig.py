@@ -35,10 +35,25 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-import bcrypt
-import yaml
+# bcrypt and yaml are imported when a web config file is read (and bcrypt when it has users):
+# a daemon without a web config does not load them (0.7 MiB of RSS, issue 16: the node daemon
+# takes from the jobs next to it). `webconfig.bcrypt` still names the module (tests patch it).
+
+
+def _bcrypt() -> ModuleType:
+    import bcrypt
+
+    return bcrypt
+
+
+def __getattr__(name: str) -> Any:
+    if name == "bcrypt":
+        return _bcrypt()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 CLIENT_AUTH_TYPES = {
     "NoClientCert": ssl.CERT_NONE,
@@ -105,6 +120,8 @@ def load_web_config(path: str | Path | None) -> WebConfig:
         text = path.read_text()
     except OSError as exc:
         raise WebConfigError(f"{path}: cannot read web config: {exc.strerror or exc}") from exc
+    import yaml
+
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -150,7 +167,7 @@ def load_web_config(path: str | Path | None) -> WebConfig:
                     "must be a bcrypt hash ($2y$...), e.g. from `htpasswd -nBC 10 \"\" | tr -d ':\\n'`",
                 )
             try:
-                bcrypt.checkpw(b"", hashed.encode())
+                _bcrypt().checkpw(b"", hashed.encode())
             except ValueError as exc:
                 raise fail(where, f"invalid bcrypt hash: {exc}") from exc
             users[str(user)] = hashed.encode()
@@ -404,7 +421,11 @@ class BasicAuth:
             return b""
         costs = Counter(bcrypt_cost(h) for h in users.values())
         cost = max(costs, key=lambda c: (costs[c], c))  # the most common; ties: the higher
-        return bcrypt.hashpw(secrets.token_bytes(18), bcrypt.gensalt(rounds=cost, prefix=b"2b"))
+        bcrypt = _bcrypt()
+        dummy: bytes = bcrypt.hashpw(
+            secrets.token_bytes(18), bcrypt.gensalt(rounds=cost, prefix=b"2b")
+        )
+        return dummy
 
     def check(self, header: str | None, client: str = "") -> bool:
         return self.authenticate(header, client).ok
@@ -435,7 +456,7 @@ class BasicAuth:
             return AuthResult(AuthOutcome.BUSY, 1.0)
         try:
             hashed = self.users.get(user)
-            matched = bcrypt.checkpw(password[:72], self.dummy if hashed is None else hashed)
+            matched = _bcrypt().checkpw(password[:72], self.dummy if hashed is None else hashed)
         finally:
             self._workers.release()
         if matched and hashed is not None:

@@ -195,3 +195,61 @@ def test_run_past_the_configured_timeout_is_recorded_down_even_by_short_scrapes(
         assert state.up is False and "TimeoutError" in state.last_error
     finally:
         coord.close()
+
+
+def test_collections_run_on_one_persistent_worker_per_collector() -> None:
+    """Issue 16: no thread started per collection; the same worker serves every scrape, and
+    closing the coordinator lets it exit."""
+    import threading
+
+    from harness.collectors import wait_until
+
+    seen: list[str] = []
+
+    class Recording(StaticCollector):
+        def collect(self):  # type: ignore[no-untyped-def]
+            seen.append(threading.current_thread().name)
+            return super().collect()
+
+    coord = ScrapeCoordinator([Recording("rec")], timeout=2.0)
+    thread_ids = set()
+    for _ in range(20):
+        assert up(list(coord.scrape()), "rec") == 1.0
+        thread_ids.update(t.ident for t in threading.enumerate() if t.name == "collector-rec")
+    assert seen == ["collector-rec"] * 20
+    assert len(thread_ids) == 1
+    coord.close()
+    assert wait_until(
+        lambda: not any(t.name == "collector-rec" for t in threading.enumerate()), timeout=5
+    )
+
+
+def test_a_base_exception_in_a_collector_is_a_failure_not_a_failed_scrape() -> None:
+    class Exiting(StaticCollector):
+        def collect(self):  # type: ignore[no-untyped-def]
+            raise SystemExit("collector called exit")
+
+    coord = ScrapeCoordinator([Exiting("exiting"), StaticCollector()], timeout=2.0)
+    try:
+        metrics = list(coord.scrape())
+        assert up(metrics, "exiting") == 0.0 and up(metrics, "good") == 1.0
+        assert "SystemExit" in {s.name: s for s in coord.states()}["exiting"].last_error
+        assert up(list(coord.scrape()), "good") == 1.0  # the workers survive it
+    finally:
+        coord.close()
+
+
+def test_an_abandoned_coordinator_leaves_no_idle_worker() -> None:
+    import gc
+    import threading
+
+    from harness.collectors import wait_until
+
+    coord = ScrapeCoordinator([StaticCollector("abandoned")], timeout=2.0)
+    list(coord.scrape())
+    del coord
+    gc.collect()
+    assert wait_until(
+        lambda: not any(t.name == "collector-abandoned" for t in threading.enumerate()),
+        timeout=5,
+    )
