@@ -1,4 +1,4 @@
-"""Slurm command output and jobcomp/filetxt lines → dataclasses (pure functions, no I/O).
+"""Slurm command output and jobcomp/filetxt lines → the Slurm model (pure functions, no I/O).
 
 The portable backend asks the Slurm commands for explicit, minimal formats (never a site's
 `SQUEUE_FORMAT`), with `SLURM_TIME_FORMAT=%s` so times arrive as Unix seconds:
@@ -9,9 +9,9 @@ The portable backend asks the Slurm commands for explicit, minimal formats (neve
     scontrol show licenses --oneliner                            → parse_licenses()
     one line of a jobcomp/filetxt log                            → parse_jobcomp_line()
 
-The pyslurm backend builds the same dataclasses from pyslurm objects with the normalisers
-below (`job_state`, `node_state`, `pending_reason`, `gpu_count`, …), so the two backends can
-never disagree on what a state or a reason means.
+They return the values of `hpcobs.exporters.slurm.model` (`Job`, `Node`, `License`,
+`SchedulerStats`), naming states and reasons with its normalisers, as the pyslurm backend
+does from pyslurm's objects: the two backends cannot disagree on what a state means.
 
 Free-text fields (a pending reason, a node's reason) come last in each format, so a `|` inside
 them cannot shift the other columns. Every parser returns what it could parse and the number
@@ -22,10 +22,23 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
-from typing import NamedTuple
+
+from hpcobs.exporters.slurm.model import (
+    MIB,
+    Job,
+    License,
+    Node,
+    SchedulerStats,
+    array_task_count,
+    gpu_count,
+    job_state,
+    make_job,
+    node_state,
+    requested_licenses,
+)
 
 SEP = "|"
 
@@ -64,151 +77,6 @@ def output_format(fields: Iterable[str]) -> str:
 
 SQUEUE_FORMAT = output_format(SQUEUE_FIELDS)
 SINFO_FORMAT = output_format(SINFO_FIELDS)
-
-MIB = 1024 * 1024
-
-# -- states -------------------------------------------------------------------------------
-
-FINISHED_STATES = frozenset(
-    {
-        "boot_fail",
-        "cancelled",
-        "completed",
-        "deadline",
-        "failed",
-        "node_fail",
-        "out_of_memory",
-        "preempted",
-        "timeout",
-    }
-)
-"""Terminal job states: the job's outcome (a requeued job shows `requeued`/`pending`)."""
-
-STARTED_STATES = frozenset(
-    {
-        "running",
-        "suspended",
-        "completing",
-        "configuring",
-        "signaling",
-        "stage_out",
-        "stopped",
-        "resizing",
-    }
-)
-"""Non-terminal states of a job that has been allocated resources (it has started)."""
-
-JOB_STATES = frozenset(
-    FINISHED_STATES
-    | STARTED_STATES
-    | {
-        "pending",
-        "requeued",
-        "requeue_fed",
-        "requeue_hold",
-        "resv_del_hold",
-        "revoked",
-        "special_exit",
-        "update_db",
-        "power_up_node",
-    }
-)
-
-NODE_STATES = (
-    "allocated",
-    "completing",
-    "down",
-    "drain",
-    "draining",
-    "fail",
-    "future",
-    "idle",
-    "maint",
-    "mixed",
-    "planned",
-    "powered_down",
-    "powering_down",
-    "powering_up",
-    "reboot",
-    "reserved",
-    "unknown",
-)
-"""Every value `node_state()` returns (a bounded label set)."""
-
-_NODE_BASES = frozenset({"allocated", "completing", "down", "future", "idle", "mixed", "unknown"})
-_NODE_SUFFIXES = "*~#!%$@^-"
-_BUSY = frozenset({"allocated", "mixed", "completing"})
-_NODE_ALIASES = {"alloc": "allocated", "mix": "mixed", "comp": "completing", "futr": "future"}
-
-
-def job_state(raw: str) -> str:
-    """`COMPLETED`, `CANCELLED by 0`, `NODE_FAIL` → `completed`, `cancelled`, `node_fail`;
-    anything else Slurm does not define → `unknown` (labels stay bounded)."""
-    state = raw.strip().split(" ", 1)[0].lower()
-    return state if state in JOB_STATES else "unknown"
-
-
-def node_state(raw: str) -> str:
-    """One bounded label for a node from Slurm's complete state (`IDLE+DRAIN`, `down*`,
-    `MIXED+DRAIN`, `idle+powered_down`). Precedence: down, fail, drain (idle → `drain`,
-    busy → `draining`), maint, reboot, power states, reserved, completing, then the base."""
-    tokens = [t.strip().strip(_NODE_SUFFIXES) for t in raw.lower().split("+")]
-    base = tokens[0] if tokens else ""
-    flags = set(tokens[1:])
-    if base in ("drained", "draining", "drng"):
-        flags.add("drain")
-        base = "allocated" if base != "drained" else "idle"
-    if base == "down":
-        return "down"
-    if base in ("fail", "failing") or "fail" in flags:
-        return "fail"
-    if "drain" in flags:
-        return "draining" if base in _BUSY or "completing" in flags else "drain"
-    if "maint" in flags or base == "maint":
-        return "maint"
-    if flags & {"reboot_requested", "reboot_issued", "reboot"}:
-        return "reboot"
-    for power in ("powering_up", "powering_down", "powered_down"):
-        if power in flags or base == power:
-            return power
-    if "power_down" in flags or base == "power_down":
-        return "powered_down"
-    if "reserved" in flags or base in ("reserved", "resv"):
-        return "reserved"
-    if "completing" in flags:
-        return "completing"
-    if "planned" in flags or base == "planned":
-        return "planned"
-    base = _NODE_ALIASES.get(base, base)
-    return base if base in _NODE_BASES else "unknown"
-
-
-# Reasons Slurm reports as a sentence (a job's state_desc) rather than as its enum name.
-_REASON_DESCRIPTIONS = (
-    ("Nodes required for job are DOWN", "ReqNodeNotAvail"),
-    ("ReqNodeNotAvail", "ReqNodeNotAvail"),
-    ("Job's QOS not permitted", "InvalidQOS"),
-    ("Job's account not permitted", "InvalidAccount"),
-    ("Partition time limit", "PartitionTimeLimit"),
-)
-_REASON_WORD = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
-
-
-def pending_reason(raw: str) -> str:
-    """A bounded reason label: Slurm's enum name (`Priority`, `Resources`, `JobHeldUser`,
-    `ReqNodeNotAvail` from `ReqNodeNotAvail, UnavailableNodes:node[1-3]`), `none`, or `other`
-    for free text."""
-    text = raw.strip()
-    if not text or text in ("(null)", "None", "none"):
-        return "none"
-    head = re.split(r"[,:(]", text, maxsplit=1)[0].strip()
-    if _REASON_WORD.match(head):
-        return head
-    for prefix, name in _REASON_DESCRIPTIONS:
-        if text.startswith(prefix):
-            return name
-    return "other"
-
 
 # -- small value parsers ------------------------------------------------------------------
 
@@ -256,22 +124,18 @@ def parse_memory(text: str) -> int:
         return 0
 
 
-def gpu_count(counts: Mapping[str, int]) -> int:
-    """GPUs from GRES names → counts (`gpu`, `gpu:a100`). The untyped `gpu` entry is the
-    total when present (TRES strings list `gres/gpu=2,gres/gpu:a100=2` for 2 GPUs);
-    otherwise the typed entries add up."""
-    if "gpu" in counts:
-        return max(0, counts["gpu"])
-    return sum(max(0, n) for name, n in counts.items() if name.startswith("gpu:"))
-
-
 @dataclass(frozen=True, slots=True)
 class Tres:
+    """The resources a TRES string names (what a job record keeps of it)."""
+
     cpus: int = 0
     memory_bytes: int = 0
     gpus: int = 0
 
 
+# Memo of parsed TRES strings: a cluster's jobs share a handful of distinct ones. Without it,
+# parsing 100,000 squeue lines takes 2.2× the CPU time (+3.8 µs a line; bench/bench_slurm.py
+# --offline, 2-core VM). Bounded, keyed by the text: it never serves another string's value.
 _TRES_CACHE: dict[str, Tres] = {}
 
 
@@ -320,189 +184,6 @@ def parse_gres(text: str) -> dict[str, int]:
     return out
 
 
-def parse_licenses_requested(items: Iterable[str]) -> tuple[tuple[str, int], ...]:
-    """A job's licenses (`matlab:2`, `ansys`, `fluent@db:4`) → ((name, count), …)."""
-    out = []
-    for item in items:
-        item = item.strip()
-        if not item or item == "(null)":
-            continue
-        name, sep, count = item.rpartition(":")
-        if not sep or not count.isdigit():
-            name, count = item, "1"
-        out.append((name, parse_int(count, 1)))
-    return tuple(out)
-
-
-# -- array task specifications ------------------------------------------------------------
-
-MAX_ARRAY_TASKS = 4_000_001
-"""Sanity bound on the tasks one record may stand for (Slurm's MaxArraySize is ≤ 4000001)."""
-
-
-def array_task_ids(spec: str) -> list[int]:
-    """Task ids of a pending array's remainder: `0-999`, `1,3,5-9`, `0-20:2`, `0-999%10`
-    (a throttle, ignored), `0x1F` (a hex bit mask). A truncated list (`…,512...`) yields the
-    tasks it names. Raises ValueError on anything else."""
-    spec = spec.strip().strip("[]")
-    spec = spec.split("%", 1)[0]
-    if spec.endswith("..."):
-        spec = spec[:-3].rstrip(",")
-    if not spec:
-        raise ValueError("empty array task specification")
-    if spec[:2].lower() == "0x":
-        mask = int(spec[2:], 16)
-        if mask.bit_length() > MAX_ARRAY_TASKS:
-            raise ValueError("array task mask too large")
-        return [i for i in range(mask.bit_length()) if mask >> i & 1]
-    tasks: list[int] = []
-    for part in spec.split(","):
-        rng, _, step_text = part.partition(":")
-        first, dash, last = rng.partition("-")
-        if not first.isdigit() or (dash and not last.isdigit()):
-            raise ValueError(f"bad array task range {part!r}")
-        step = int(step_text) if step_text else 1
-        if step < 1 or (step_text and not step_text.isdigit()):
-            raise ValueError(f"bad array step {part!r}")
-        lo = int(first)
-        hi = int(last) if dash else lo
-        if hi < lo or (hi - lo) // step + 1 + len(tasks) > MAX_ARRAY_TASKS:
-            raise ValueError(f"bad array task range {part!r}")
-        tasks.extend(range(lo, hi + 1, step))
-    return tasks
-
-
-def array_task_count(spec: str) -> int:
-    """How many tasks `spec` stands for (1 when it cannot be parsed)."""
-    spec = spec.strip().strip("[]").split("%", 1)[0]
-    if spec.isdigit():
-        return 1
-    try:
-        return max(1, len(array_task_ids(spec)))
-    except ValueError:
-        return 1
-
-
-def compress_ids(ids: Iterable[int]) -> str:
-    """Sorted ids → `0-99,105,107-110` (for the state file)."""
-    out: list[str] = []
-    run_start = prev = None
-    for i in sorted(set(ids)):
-        if prev is not None and i == prev + 1:
-            prev = i
-            continue
-        if run_start is not None:
-            out.append(str(run_start) if run_start == prev else f"{run_start}-{prev}")
-        run_start = prev = i
-    if run_start is not None:
-        out.append(str(run_start) if run_start == prev else f"{run_start}-{prev}")
-    return ",".join(out)
-
-
-# -- jobs ---------------------------------------------------------------------------------
-
-
-class Job(NamedTuple):
-    """One job record as slurmctld holds it (a pending array's remainder is one record).
-
-    Times are Unix seconds, 0 when unknown. `array_tasks` is "" for a job that is not part of
-    an array, the task id for an array task with its own record (`7`) and the remainder's
-    specification for the pending rest of an array (`8-999%10`); `task_count` is how many
-    tasks the record stands for.
-    """
-
-    job_id: int
-    array_job_id: int
-    array_tasks: str
-    partition: str
-    state: str
-    reason: str
-    eligible_time: int
-    start_time: int
-    end_time: int
-    cpus: int
-    memory_bytes: int
-    gpus: int
-    licenses: tuple[tuple[str, int], ...]
-    nodes: str
-    task_count: int = 1
-
-    @property
-    def is_array(self) -> bool:
-        return self.array_tasks != ""
-
-    @property
-    def is_remainder(self) -> bool:
-        """The pending rest of an array (several tasks, or one not yet split off)."""
-        return self.is_array and not self.array_tasks.isdigit()
-
-    @property
-    def ran(self) -> bool:
-        """Whether the job was allocated resources (a job cancelled while pending was not)."""
-        return self.start_time > 0 and self.nodes not in ("", "(null)", "None assigned")
-
-    @property
-    def base_id(self) -> int:
-        """The id a whole array shares (the job id for other jobs)."""
-        return self.array_job_id if self.is_array else self.job_id
-
-    def task_ids(self) -> list[int]:
-        """Task ids this record stands for: [-1] for a job outside an array."""
-        if not self.is_array:
-            return [-1]
-        if self.array_tasks.isdigit():
-            return [int(self.array_tasks)]
-        try:
-            return array_task_ids(self.array_tasks)
-        except ValueError:
-            return []
-
-
-def make_job(
-    *,
-    job_id: int,
-    array_job_id: int,
-    array_tasks: str,
-    partition: str,
-    state: str,
-    reason: str,
-    eligible_time: int,
-    start_time: int,
-    end_time: int,
-    cpus: int,
-    memory_bytes: int,
-    gpus: int,
-    licenses: tuple[tuple[str, int], ...],
-    nodes: str,
-) -> Job:
-    """A Job with normalised fields (shared by every source, so they agree)."""
-    if nodes in ("(null)", "None assigned"):
-        nodes = ""
-    tasks = array_tasks.strip().split("%", 1)[0]  # a throttle (`%10`) is not a task
-    if tasks in ("N/A", "(null)", "None"):
-        tasks = ""
-    count = array_task_count(tasks) if tasks and not tasks.isdigit() else 1
-    if not tasks:
-        array_job_id = job_id
-    return Job(
-        job_id=job_id,
-        array_job_id=array_job_id,
-        array_tasks=tasks,
-        partition=partition.split(",", 1)[0].strip(),
-        state=state,
-        reason=reason,
-        eligible_time=eligible_time,
-        start_time=start_time,
-        end_time=end_time,
-        cpus=cpus,
-        memory_bytes=memory_bytes,
-        gpus=gpus,
-        licenses=licenses,
-        nodes=nodes,
-        task_count=count,
-    )
-
-
 @dataclass
 class ParsedJobs:
     jobs: list[Job] = field(default_factory=list)
@@ -512,7 +193,8 @@ class ParsedJobs:
 
 _N_SQUEUE = len(SQUEUE_FIELDS)
 
-
+# Memo of job_state() by the raw State column (a few dozen distinct values). Without it,
+# 100,000 lines take 1.1× the CPU time (+0.3 µs a line; bench/bench_slurm.py --offline).
 _STATES: dict[str, str] = {}
 _NO_NODES = frozenset({"", "(null)", "None assigned"})
 
@@ -523,7 +205,12 @@ def _other_time(text: str) -> int:
 
 
 def _squeue_line(line: str) -> Job | None:
-    """One line of SQUEUE_FORMAT (the hot loop: 100,000 lines per cycle on a large cluster)."""
+    """One line of SQUEUE_FORMAT (the hot loop: 100,000 lines per cycle on a large cluster).
+
+    The fast path: `make_job`'s normalisation and the value parsers inlined for the shapes
+    squeue prints (digits, `N/A`), the Job built positionally. The generic way (`make_job`
+    and `parse_time`/`parse_int`) takes 1.2× the CPU time (+0.7 µs a line on 100,000 lines;
+    bench/bench_slurm.py --offline); tests/unit/test_slurm_parse.py holds the two together."""
     if line.endswith(SEP):
         line = line[:-1]
     f = line.split(SEP, _N_SQUEUE - 1)
@@ -577,7 +264,7 @@ def _squeue_line(line: str) -> Job | None:
         int(cpus) if cpus.isdigit() and len(cpus) < 12 else 0,
         resources.memory_bytes,
         resources.gpus,
-        () if licenses == "(null)" else parse_licenses_requested(licenses.split(",")),
+        () if licenses == "(null)" else requested_licenses(licenses.split(",")),
         "" if nodes in _NO_NODES else nodes.strip(),
         count,
     )
@@ -667,23 +354,6 @@ def parse_jobcomp_line(line: str, tz: tzinfo | None = None) -> Job | None:
 # -- nodes --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Node:
-    """One node with every partition it belongs to."""
-
-    name: str
-    partitions: tuple[str, ...]
-    state: str  # node_state() label
-    raw_state: str
-    cpus: int
-    cpus_allocated: int
-    memory_bytes: int
-    memory_allocated_bytes: int
-    gpus: int
-    gpus_allocated: int
-    reason: str
-
-
 @dataclass
 class ParsedNodes:
     nodes: list[Node] = field(default_factory=list)
@@ -742,14 +412,6 @@ def parse_sinfo(text: str) -> ParsedNodes:
 # -- licenses -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class License:
-    name: str
-    total: int
-    used: int
-    free: int
-
-
 _KV = re.compile(r"(\w+)=(\S*)")
 
 
@@ -769,35 +431,6 @@ def parse_licenses(text: str) -> list[License]:
 
 
 # -- sdiag --------------------------------------------------------------------------------
-
-
-@dataclass
-class SchedulerStats:
-    """The slurmctld statistics `sdiag` shows (times in microseconds, as Slurm keeps them)."""
-
-    server_thread_count: int = 0
-    agent_queue_size: int = 0
-    dbd_agent_queue_size: int = 0
-    jobs_submitted: int = 0
-    jobs_started: int = 0
-    jobs_completed: int = 0
-    jobs_canceled: int = 0
-    jobs_failed: int = 0
-    main_last_cycle_us: int = 0
-    main_max_cycle_us: int = 0
-    main_mean_cycle_us: int = 0
-    main_total_cycles: int = 0
-    main_last_queue_length: int = 0
-    main_mean_depth: int = 0
-    backfill_total_jobs: int = 0
-    backfill_total_cycles: int = 0
-    backfill_last_cycle_us: int = 0
-    backfill_max_cycle_us: int = 0
-    backfill_mean_cycle_us: int = 0
-    backfill_last_depth: int = 0
-    backfill_last_queue_length: int = 0
-    rpc_count: dict[str, int] = field(default_factory=dict)
-    rpc_time_us: dict[str, int] = field(default_factory=dict)
 
 
 _SDIAG_TOP = {

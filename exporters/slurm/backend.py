@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from hpcobs.exporters.parse.slurm import Job, License, Node, SchedulerStats
+from hpcobs.exporters.slurm.model import Job, License, Node, SchedulerStats
 
 log = logging.getLogger("hpcobs.slurm")
 

@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client.metrics_core import Metric
 
 from hpcobs.exporters.runtime.collector import Collector
+from hpcobs.exporters.runtime.families import Families
 from hpcobs.exporters.runtime.metricdef import MetricDef
 from hpcobs.exporters.slurm.backend import Call, startup_backend
 from hpcobs.exporters.slurm.jobcomp import JobcompTail, Position
@@ -283,12 +284,15 @@ WAIT_EXCEEDED = MetricDef(
     ("partition", "threshold"),
 )
 
-METRICS = (
-    UP,
-    LAST_SUCCESS,
-    BACKEND_INFO,
-    CYCLE_SECONDS,
-    CYCLE_CALLS,
+# -- sections: the families each part of a scrape shows, in exposition order -----------------
+# A section that applies shows every one of its families, with or without samples (HELP and
+# TYPE alone say the exporter knows the metric); one that does not apply shows none. So the
+# scrape takes its families from `Families.family()` section by section, rather than by
+# iterating `Families` (which leaves out families without samples).
+
+HEALTH = (UP, LAST_SUCCESS, BACKEND_INFO)
+CYCLE = (CYCLE_SECONDS, CYCLE_CALLS)  # once a cycle has run
+SELF = (
     CYCLES,
     CALLS,
     CALL_ERRORS,
@@ -297,14 +301,12 @@ METRICS = (
     TRACKED,
     STATE_SAVES,
     STATE_SAVE_ERRORS,
-    JOBCOMP_UP,
-    JOBCOMP_OFFSET,
-    JOBCOMP_BAD,
-    JOBS,
-    PENDING,
-    RUNNING_CPUS,
-    RUNNING_GPUS,
-    RUNNING_MEMORY,
+)
+JOBCOMP = (JOBCOMP_UP, JOBCOMP_OFFSET, JOBCOMP_BAD)  # with --slurm.jobcomp-file
+LEDGER = (FINISHED, RESOURCE_SECONDS, QUEUE_WAIT, WAIT_EXCEEDED)  # always: counters
+# Gauges of slurmctld's state, while fresh (--slurm.stale-after) and once read:
+QUEUE = (JOBS, PENDING, RUNNING_CPUS, RUNNING_GPUS, RUNNING_MEMORY, LICENSE_PENDING)
+NODES_SECTION = (
     NODES,
     NODE_REASON,
     NODE_REASON_DROPPED,
@@ -312,10 +314,9 @@ METRICS = (
     PART_CPUS_ALLOC,
     PART_GPUS,
     PART_GPUS_ALLOC,
-    LICENSE_COUNT,
-    LICENSE_USED,
-    LICENSE_FREE,
-    LICENSE_PENDING,
+)
+LICENSES = (LICENSE_COUNT, LICENSE_USED, LICENSE_FREE)
+SCHEDULER = (
     SCHED_THREADS,
     SCHED_AGENT_QUEUE,
     SCHED_DBD_QUEUE,
@@ -327,96 +328,97 @@ METRICS = (
     SCHED_JOBS,
     RPC_CALLS,
     RPC_SECONDS,
-    FINISHED,
-    RESOURCE_SECONDS,
-    QUEUE_WAIT,
-    WAIT_EXCEEDED,
+)
+
+METRICS = (
+    *HEALTH,
+    *CYCLE,
+    *SELF,
+    *JOBCOMP,
+    *LEDGER,
+    *QUEUE,
+    *NODES_SECTION,
+    *LICENSES,
+    *SCHEDULER,
 )
 
 _ALWAYS_JOB_STATES = ("pending", "running")
+_CALLS = ("jobs", "nodes", "scheduler", "licenses")
 
 
-def families(p: Published, now: float, stale_after: float) -> Iterator[Metric]:
-    """Every family for the published result `p` at time `now`."""
+def families(p: Published, now: float, stale_after: float) -> list[Metric]:
+    """Every family for the published result `p` at time `now`, section by section."""
     fresh = p.last_success > 0 and now - p.last_success <= stale_after
-    up = UP.gauge()
-    up.add_metric([], 1.0 if fresh and p.last_cycle_ok else 0.0)
-    yield up
-    last = LAST_SUCCESS.gauge()
-    if p.last_success > 0:
-        last.add_metric([], p.last_success)
-    yield last
-    yield from _self_metrics(p)
     partitions: frozenset[str] = frozenset()
     if p.jobs is not None:
         partitions |= p.jobs.partitions
     if p.nodes is not None:
         partitions |= p.nodes.partitions
-    yield from _ledger_metrics(p, partitions)
-    if not fresh:
-        return
-    if p.jobs is not None:
-        yield from _job_metrics(p, partitions)
-    if p.nodes is not None:
-        yield from _node_metrics(p)
-    if p.licenses is not None:
-        yield from _license_metrics(p)
-    if p.scheduler is not None:
-        yield from _scheduler_metrics(p)
-
-
-def _self_metrics(p: Published) -> Iterator[Metric]:
-    info = BACKEND_INFO.gauge()
-    info.add_metric([p.backend], 1.0)
-    yield info
+    out = Families()
+    shown: list[tuple[MetricDef, ...]] = [HEALTH]
+    _health(out, p, fresh)
     if p.cycles_done:
-        g = CYCLE_SECONDS.gauge()
-        g.add_metric([], p.last_cycle_seconds)
-        yield g
-        g = CYCLE_CALLS.gauge()
-        g.add_metric([], p.last_cycle_calls)
-        yield g
-    cycles = CYCLES.counter()
+        shown.append(CYCLE)
+        _cycle(out, p)
+    shown.append(SELF)
+    _self(out, p)
+    if p.jobcomp_readable is not None:
+        shown.append(JOBCOMP)
+        _jobcomp(out, p)
+    shown.append(LEDGER)
+    _ledger(out, p, partitions)
+    if fresh:
+        if p.jobs is not None:
+            shown.append(QUEUE)
+            _queue(out, p, partitions)
+        if p.nodes is not None:
+            shown.append(NODES_SECTION)
+            _nodes(out, p)
+        if p.licenses is not None:
+            shown.append(LICENSES)
+            _licenses(out, p)
+        if p.scheduler is not None:
+            shown.append(SCHEDULER)
+            _scheduler(out, p)
+    return [out.family(d) for section in shown for d in section]
+
+
+def _health(out: Families, p: Published, fresh: bool) -> None:
+    out.add_values(UP, (), 1.0 if fresh and p.last_cycle_ok else 0.0)
+    if p.last_success > 0:
+        out.add_values(LAST_SUCCESS, (), p.last_success)
+    out.add_values(BACKEND_INFO, (p.backend,), 1.0)
+
+
+def _cycle(out: Families, p: Published) -> None:
+    out.add_values(CYCLE_SECONDS, (), p.last_cycle_seconds)
+    out.add_values(CYCLE_CALLS, (), p.last_cycle_calls)
+
+
+def _self(out: Families, p: Published) -> None:
     for result in ("success", "failure"):
-        cycles.add_metric([result], p.cycles.get(result, 0))
-    yield cycles
+        out.add_values(CYCLES, (result,), p.cycles.get(result, 0))
     for metric, values in ((CALLS, p.calls), (CALL_ERRORS, p.call_errors)):
-        c = metric.counter()
-        for call in ("jobs", "nodes", "scheduler", "licenses"):
+        for call in _CALLS:
             if call in p.calls:
-                c.add_metric([call], values.get(call, 0))
-        yield c
-    g = CALL_SECONDS.gauge()
+                out.add_values(metric, (call,), values.get(call, 0))
     for call, seconds in sorted(p.call_seconds.items()):
-        g.add_metric([call], seconds)
-    yield g
-    c = PARSE_ERRORS.counter()
+        out.add_values(CALL_SECONDS, (call,), seconds)
     for call in ("jobs", "nodes"):
         if call in p.calls:
-            c.add_metric([call], p.parse_errors.get(call, 0))
-    yield c
-    g = TRACKED.gauge()
-    g.add_metric([], p.tracked_jobs)
-    yield g
-    c = STATE_SAVES.counter()
-    c.add_metric([], p.state_saves)
-    yield c
-    c = STATE_SAVE_ERRORS.counter()
-    c.add_metric([], p.state_save_errors)
-    yield c
-    if p.jobcomp_readable is not None:
-        g = JOBCOMP_UP.gauge()
-        g.add_metric([], 1.0 if p.jobcomp_readable else 0.0)
-        yield g
-        g = JOBCOMP_OFFSET.gauge()
-        g.add_metric([], p.jobcomp_offset)
-        yield g
-        c = JOBCOMP_BAD.counter()
-        c.add_metric([], p.jobcomp_bad_lines)
-        yield c
+            out.add_values(PARSE_ERRORS, (call,), p.parse_errors.get(call, 0))
+    out.add_values(TRACKED, (), p.tracked_jobs)
+    out.add_values(STATE_SAVES, (), p.state_saves)
+    out.add_values(STATE_SAVE_ERRORS, (), p.state_save_errors)
 
 
-def _ledger_metrics(p: Published, partitions: frozenset[str]) -> Iterator[Metric]:
+def _jobcomp(out: Families, p: Published) -> None:
+    out.add_values(JOBCOMP_UP, (), 1.0 if p.jobcomp_readable else 0.0)
+    out.add_values(JOBCOMP_OFFSET, (), p.jobcomp_offset)
+    out.add_values(JOBCOMP_BAD, (), p.jobcomp_bad_lines)
+
+
+def _ledger(out: Families, p: Published, partitions: frozenset[str]) -> None:
     """The exactly-once counters. Every known partition gets every series at 0 before its
     first event, as Prometheus' practice for counters asks: `increase()` cannot see a series
     that is born with the value 2, so the first NODE_FAIL of a partition would be missed by
@@ -435,109 +437,75 @@ def _ledger_metrics(p: Published, partitions: frozenset[str]) -> Iterator[Metric
         waits.setdefault(partition, empty)
         for threshold in view.thresholds:
             exceeded.setdefault((partition, threshold), 0.0)
-    c = FINISHED.counter()
     for labels, value in sorted(finished.items()):
-        c.add_metric(list(labels), value)
-    yield c
-    c = RESOURCE_SECONDS.counter()
+        out.add_values(FINISHED, labels, value)
     for labels, value in sorted(resource_seconds.items()):
-        c.add_metric(list(labels), value)
-    yield c
-    h = QUEUE_WAIT.histogram()
+        out.add_values(RESOURCE_SECONDS, labels, value)
     bounds = [repr(float(b)) for b in view.bounds] + ["+Inf"]
     for partition, (cumulative, total) in sorted(waits.items()):
-        h.add_metric(
-            [partition],
-            buckets=[(le, float(n)) for le, n in zip(bounds, cumulative, strict=True)],
-            sum_value=total,
-        )
-    yield h
-    c = WAIT_EXCEEDED.counter()
-    for (partition, threshold), value in sorted(exceeded.items()):
-        c.add_metric([partition, threshold], value)
-    yield c
+        buckets = [(le, float(n)) for le, n in zip(bounds, cumulative, strict=True)]
+        out.histogram(QUEUE_WAIT, (partition,), buckets, total)
+    for pair, value in sorted(exceeded.items()):
+        out.add_values(WAIT_EXCEEDED, pair, value)
 
 
-def _job_metrics(p: Published, partitions: frozenset[str]) -> Iterator[Metric]:
+def _queue(out: Families, p: Published, partitions: frozenset[str]) -> None:
     assert p.jobs is not None
     jobs = p.jobs
-    g = JOBS.gauge()
     by_state = dict(jobs.by_state)
     for partition in partitions:
         for state in _ALWAYS_JOB_STATES:
             by_state.setdefault((partition, state), 0)
     for labels, n in sorted(by_state.items()):
-        g.add_metric(list(labels), n)
-    yield g
-    g = PENDING.gauge()
+        out.add_values(JOBS, labels, n)
     for labels, n in sorted(jobs.pending_by_reason.items()):
-        g.add_metric(list(labels), n)
-    yield g
+        out.add_values(PENDING, labels, n)
     for metric, values in (
         (RUNNING_CPUS, jobs.running_cpus),
         (RUNNING_GPUS, jobs.running_gpus),
         (RUNNING_MEMORY, jobs.running_memory_bytes),
     ):
-        g = metric.gauge()
         for partition in sorted(partitions):
-            g.add_metric([partition], values.get(partition, 0))
-        yield g
-    g = LICENSE_PENDING.gauge()
+            out.add_values(metric, (partition,), values.get(partition, 0))
     licenses = set(jobs.license_pending)
     if p.licenses is not None:
         licenses |= {lic.name for lic in p.licenses.licenses}
     for name in sorted(licenses):
-        g.add_metric([name], jobs.license_pending.get(name, 0))
-    yield g
+        out.add_values(LICENSE_PENDING, (name,), jobs.license_pending.get(name, 0))
 
 
-def _node_metrics(p: Published) -> Iterator[Metric]:
+def _nodes(out: Families, p: Published) -> None:
     assert p.nodes is not None
     nodes = p.nodes
-    g = NODES.gauge()
     for labels, n in sorted(nodes.by_state.items()):
-        g.add_metric(list(labels), n)
-    yield g
-    g = NODE_REASON.gauge()
+        out.add_values(NODES, labels, n)
     for node, state, reason in nodes.reasons:
-        g.add_metric([node, state, reason], 1.0)
-    yield g
-    g = NODE_REASON_DROPPED.gauge()
-    g.add_metric([], nodes.reasons_dropped)
-    yield g
+        out.add_values(NODE_REASON, (node, state, reason), 1.0)
+    out.add_values(NODE_REASON_DROPPED, (), nodes.reasons_dropped)
     for metric, values in (
         (PART_CPUS, nodes.cpus),
         (PART_CPUS_ALLOC, nodes.cpus_allocated),
         (PART_GPUS, nodes.gpus),
         (PART_GPUS_ALLOC, nodes.gpus_allocated),
     ):
-        g = metric.gauge()
         for partition, value in sorted(values.items()):
-            g.add_metric([partition], value)
-        yield g
+            out.add_values(metric, (partition,), value)
 
 
-def _license_metrics(p: Published) -> Iterator[Metric]:
+def _licenses(out: Families, p: Published) -> None:
     assert p.licenses is not None
-    for metric, attr in ((LICENSE_COUNT, "total"), (LICENSE_USED, "used"), (LICENSE_FREE, "free")):
-        g = metric.gauge()
-        for lic in p.licenses.licenses:
-            g.add_metric([lic.name], getattr(lic, attr))
-        yield g
+    for lic in p.licenses.licenses:
+        out.add_values(LICENSE_COUNT, (lic.name,), lic.total)
+        out.add_values(LICENSE_USED, (lic.name,), lic.used)
+        out.add_values(LICENSE_FREE, (lic.name,), lic.free)
 
 
-def _scheduler_metrics(p: Published) -> Iterator[Metric]:
+def _scheduler(out: Families, p: Published) -> None:
     assert p.scheduler is not None
     s = p.scheduler.stats
-    for metric, value in (
-        (SCHED_THREADS, s.server_thread_count),
-        (SCHED_AGENT_QUEUE, s.agent_queue_size),
-        (SCHED_DBD_QUEUE, s.dbd_agent_queue_size),
-    ):
-        g = metric.gauge()
-        g.add_metric([], value)
-        yield g
-    g = SCHED_CYCLE.gauge()
+    out.add_values(SCHED_THREADS, (), s.server_thread_count)
+    out.add_values(SCHED_AGENT_QUEUE, (), s.agent_queue_size)
+    out.add_values(SCHED_DBD_QUEUE, (), s.dbd_agent_queue_size)
     for scheduler, stat, us in (
         ("main", "last", s.main_last_cycle_us),
         ("main", "max", s.main_max_cycle_us),
@@ -546,24 +514,14 @@ def _scheduler_metrics(p: Published) -> Iterator[Metric]:
         ("backfill", "max", s.backfill_max_cycle_us),
         ("backfill", "mean", s.backfill_mean_cycle_us),
     ):
-        g.add_metric([scheduler, stat], us / 1e6)
-    yield g
-    c = SCHED_CYCLES.counter()
-    c.add_metric(["main"], s.main_total_cycles)
-    c.add_metric(["backfill"], s.backfill_total_cycles)
-    yield c
-    g = SCHED_QUEUE.gauge()
-    g.add_metric(["main"], s.main_last_queue_length)
-    g.add_metric(["backfill"], s.backfill_last_queue_length)
-    yield g
-    g = SCHED_DEPTH.gauge()
-    g.add_metric(["main"], s.main_mean_depth)
-    g.add_metric(["backfill"], s.backfill_last_depth)
-    yield g
-    c = SCHED_BACKFILLED.counter()
-    c.add_metric([], s.backfill_total_jobs)
-    yield c
-    c = SCHED_JOBS.counter()
+        out.add_values(SCHED_CYCLE, (scheduler, stat), us / 1e6)
+    out.add_values(SCHED_CYCLES, ("main",), s.main_total_cycles)
+    out.add_values(SCHED_CYCLES, ("backfill",), s.backfill_total_cycles)
+    out.add_values(SCHED_QUEUE, ("main",), s.main_last_queue_length)
+    out.add_values(SCHED_QUEUE, ("backfill",), s.backfill_last_queue_length)
+    out.add_values(SCHED_DEPTH, ("main",), s.main_mean_depth)
+    out.add_values(SCHED_DEPTH, ("backfill",), s.backfill_last_depth)
+    out.add_values(SCHED_BACKFILLED, (), s.backfill_total_jobs)
     for event, value in (
         ("submitted", s.jobs_submitted),
         ("started", s.jobs_started),
@@ -571,16 +529,11 @@ def _scheduler_metrics(p: Published) -> Iterator[Metric]:
         ("canceled", s.jobs_canceled),
         ("failed", s.jobs_failed),
     ):
-        c.add_metric([event], value)
-    yield c
-    c = RPC_CALLS.counter()
+        out.add_values(SCHED_JOBS, (event,), value)
     for name, n in sorted(s.rpc_count.items()):
-        c.add_metric([name], n)
-    yield c
-    c = RPC_SECONDS.counter()
+        out.add_values(RPC_CALLS, (name,), n)
     for name, us in sorted(s.rpc_time_us.items()):
-        c.add_metric([name], us / 1e6)
-    yield c
+        out.add_values(RPC_SECONDS, (name,), us / 1e6)
 
 
 class SlurmCollector(Collector):
@@ -597,7 +550,7 @@ class SlurmCollector(Collector):
         self.clock = clock
 
     def collect(self) -> Iterator[Metric]:
-        return families(self.poller.published, self.clock(), self.stale_after)
+        return iter(families(self.poller.published, self.clock(), self.stale_after))
 
     def close(self) -> None:
         self.poller.close()

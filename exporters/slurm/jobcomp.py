@@ -18,8 +18,9 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from hpcobs.exporters.parse.slurm import MAX_JOBCOMP_LINE, Job, parse_jobcomp_line
+from hpcobs.exporters.parse.slurm import MAX_JOBCOMP_LINE, parse_jobcomp_line
 from hpcobs.exporters.runtime.once import OnceLog
+from hpcobs.exporters.slurm.model import Job
 
 log = logging.getLogger("hpcobs.slurm")
 

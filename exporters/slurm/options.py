@@ -1,21 +1,32 @@
-"""`--slurm.*` flags and their validation into one `SlurmOptions`."""
+"""`--slurm.*` flags, each declared once: as a field of `SlurmOptions`.
+
+A field's metadata holds its `Flag` (name, help, metavar, and the argparse `type=` that
+checks and converts the text into the field's value); the field's default is the flag's.
+`add_arguments` and `SlurmOptions.from_args` are generated from the fields, so a new option
+is one field.
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from hpcobs.exporters.parse.slurm import FINISHED_STATES
-from hpcobs.exporters.runtime.cli import parse_duration
+from hpcobs.exporters.runtime.cli import int_at_least, parse_duration
 from hpcobs.exporters.slurm.backend import BACKENDS
 from hpcobs.exporters.slurm.ledger import CAUSES, DEFAULT_CAUSES
+from hpcobs.exporters.slurm.model import FINISHED_STATES
 
 DEFAULT_THRESHOLDS = "1h,4h,24h"
 DEFAULT_BUCKETS = "10s,30s,1m,5m,10m,30m,1h,2h,4h,8h,12h,1d,2d"
+
+
+# -- flag value types (argparse `type=`: text → the field's value, ArgumentTypeError if bad) --
 
 
 def parse_durations(text: str) -> tuple[float, ...]:
@@ -51,193 +62,277 @@ def parse_cause_map(text: str) -> dict[str, str]:
     return out
 
 
-def add_arguments(group: argparse._ArgumentGroup) -> None:
-    group.add_argument(
-        "--slurm.backend",
-        dest="slurm_backend",
-        choices=BACKENDS,
-        default="auto",
-        help="where to read Slurm: pyslurm, the portable commands, or auto (pyslurm when "
-        "installed and matching the installed Slurm; default auto)",
-    )
-    group.add_argument(
-        "--slurm.conf",
-        dest="slurm_conf",
-        default="",
-        metavar="FILE",
-        help="slurm.conf of the cluster to read (SLURM_CONF for the commands / pyslurm)",
-    )
-    group.add_argument(
-        "--slurm.bin-dir",
-        dest="slurm_bin_dir",
-        default="",
-        metavar="DIR",
-        help="folder of squeue, sinfo, sdiag, scontrol (default: from PATH)",
-    )
-    group.add_argument(
-        "--slurm.poll-interval",
-        dest="slurm_poll_interval",
-        type=parse_duration,
-        default=30.0,
-        metavar="DURATION",
-        help="one collection cycle (at most 3 slurmctld calls) per interval (default 30s)",
-    )
-    group.add_argument(
-        "--slurm.timeout",
-        dest="slurm_timeout",
-        type=parse_duration,
-        default=10.0,
-        metavar="DURATION",
-        help="time limit of each slurmctld call (default 10s)",
-    )
-    group.add_argument(
-        "--slurm.stale-after",
-        dest="slurm_stale_after",
-        type=parse_duration,
-        default=90.0,
-        metavar="DURATION",
-        help="stop serving queue/node gauges this long after the last successful cycle "
-        "(default 90s; counters are always served)",
-    )
-    group.add_argument(
-        "--slurm.state-file",
-        dest="slurm_state_file",
-        default="",
-        metavar="FILE",
-        help="where to keep the job ledger so a restart neither double-counts nor misses "
-        "finished jobs (written atomically; without it a restart recounts the finished "
-        "jobs slurmctld still shows)",
-    )
-    group.add_argument(
-        "--slurm.jobcomp-file",
-        dest="slurm_jobcomp_file",
-        default="",
-        metavar="FILE",
-        help="a jobcomp/filetxt log (JobCompLoc) to tail for finished jobs, so jobs that "
-        "left slurmctld (MinJobAge) while the exporter was down are still counted",
-    )
-    group.add_argument(
-        "--slurm.jobcomp-start",
-        dest="slurm_jobcomp_start",
-        choices=("beginning", "end"),
-        default="beginning",
-        help="where to start reading the jobcomp log the first time (default beginning: "
-        "count its whole history); later reads continue from the saved offset",
-    )
-    group.add_argument(
-        "--slurm.jobcomp-timezone",
-        dest="slurm_jobcomp_timezone",
-        default="",
-        metavar="ZONE",
-        help="time zone of slurmctld, in which the jobcomp log writes times (default: local)",
-    )
-    group.add_argument(
-        "--slurm.wait-thresholds",
-        dest="slurm_wait_thresholds",
-        type=parse_durations,
-        default=parse_durations(DEFAULT_THRESHOLDS),
-        metavar="LIST",
-        help="queue-wait SLO thresholds counted by hpcobs_slurm_jobs_wait_exceeded_total, "
-        f"also histogram bucket bounds (default {DEFAULT_THRESHOLDS})",
-    )
-    group.add_argument(
-        "--slurm.wait-buckets",
-        dest="slurm_wait_buckets",
-        type=parse_durations,
-        default=parse_durations(DEFAULT_BUCKETS),
-        metavar="LIST",
-        help=f"queue-wait histogram bucket bounds (default {DEFAULT_BUCKETS})",
-    )
-    group.add_argument(
-        "--slurm.cause-map",
-        dest="slurm_cause_map",
-        type=parse_cause_map,
-        default={},
-        metavar="LIST",
-        help="override the cause of finished-job states, e.g. preempted=user,deadline=system "
-        "(default: node_fail, boot_fail, preempted → system; completed → none; the rest → user)",
-    )
-    group.add_argument(
-        "--slurm.licenses",
-        dest="slurm_licenses",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="read license use (takes turns with the scheduler statistics; default on)",
-    )
-    group.add_argument(
-        "--slurm.scheduler-stats",
-        dest="slurm_scheduler_stats",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="read sdiag's scheduler statistics (default on)",
-    )
-    group.add_argument(
-        "--slurm.node-reasons.max",
-        dest="slurm_node_reasons_max",
-        type=int,
-        default=500,
-        metavar="N",
-        help="at most this many hpcobs_slurm_node_reason_info series (default 500)",
-    )
+def _causes(text: str) -> dict[str, str]:
+    return {**DEFAULT_CAUSES, **parse_cause_map(text)}
+
+
+def _optional_path(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
+def _time_zone(text: str) -> tzinfo | None:
+    if not text:
+        return None
+    try:
+        return ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise argparse.ArgumentTypeError(f"unknown time zone {text!r}") from None
+
+
+# -- the declaration --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How one `SlurmOptions` field is set on the command line (and in `--config.file`)."""
+
+    name: str
+    help: str
+    metavar: str | None = None
+    type: Callable[[str], Any] | None = None
+    choices: tuple[str, ...] | None = None
+    boolean: bool = False  # --NAME / --no-NAME
+    at_least: int | None = None  # an integer flag with a lower bound
+
+    @property
+    def dest(self) -> str:
+        """`--slurm.node-reasons.max` → `slurm_node_reasons_max` (the argparse destination)."""
+        return self.name[2:].replace(".", "_").replace("-", "_")
+
+    def argparse_kwargs(self, default: Any) -> dict[str, Any]:
+        kw: dict[str, Any] = {"dest": self.dest, "default": default, "help": self.help}
+        if self.boolean:
+            kw["action"] = argparse.BooleanOptionalAction
+            return kw
+        if self.at_least is not None:
+            kw["type"] = int_at_least(self.at_least)
+        elif self.type is not None:
+            kw["type"] = self.type
+        if self.choices is not None:
+            kw["choices"] = self.choices
+        if self.metavar is not None:
+            kw["metavar"] = self.metavar
+        return kw
 
 
 @dataclass(frozen=True)
 class SlurmOptions:
-    backend: str = "auto"
-    slurm_conf: str = ""
-    bin_dir: str = ""
-    poll_interval: float = 30.0
-    timeout: float = 10.0
-    stale_after: float = 90.0
-    state_file: Path | None = None
-    jobcomp_file: Path | None = None
-    jobcomp_start: str = "beginning"
-    jobcomp_tz: tzinfo | None = None
-    thresholds: tuple[float, ...] = parse_durations(DEFAULT_THRESHOLDS)
-    buckets: tuple[float, ...] = parse_durations(DEFAULT_BUCKETS)
-    causes: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_CAUSES))
-    licenses: bool = True
-    scheduler_stats: bool = True
-    node_reasons_max: int = 500
+    backend: str = field(
+        default="auto",
+        metadata={
+            "flag": Flag(
+                "--slurm.backend",
+                "where to read Slurm: pyslurm, the portable commands, or auto (pyslurm when "
+                "installed and matching the installed Slurm; default auto)",
+                choices=BACKENDS,
+            )
+        },
+    )
+    slurm_conf: str = field(
+        default="",
+        metadata={
+            "flag": Flag(
+                "--slurm.conf",
+                "slurm.conf of the cluster to read (SLURM_CONF for the commands / pyslurm)",
+                metavar="FILE",
+            )
+        },
+    )
+    bin_dir: str = field(
+        default="",
+        metadata={
+            "flag": Flag(
+                "--slurm.bin-dir",
+                "folder of squeue, sinfo, sdiag, scontrol (default: from PATH)",
+                metavar="DIR",
+            )
+        },
+    )
+    poll_interval: float = field(
+        default=30.0,
+        metadata={
+            "flag": Flag(
+                "--slurm.poll-interval",
+                "one collection cycle (at most 3 slurmctld calls) per interval (default 30s)",
+                metavar="DURATION",
+                type=parse_duration,
+            )
+        },
+    )
+    timeout: float = field(
+        default=10.0,
+        metadata={
+            "flag": Flag(
+                "--slurm.timeout",
+                "time limit of each slurmctld call (default 10s)",
+                metavar="DURATION",
+                type=parse_duration,
+            )
+        },
+    )
+    stale_after: float = field(
+        default=90.0,
+        metadata={
+            "flag": Flag(
+                "--slurm.stale-after",
+                "stop serving queue/node gauges this long after the last successful cycle "
+                "(default 90s; counters are always served)",
+                metavar="DURATION",
+                type=parse_duration,
+            )
+        },
+    )
+    state_file: Path | None = field(
+        default=None,
+        metadata={
+            "flag": Flag(
+                "--slurm.state-file",
+                "where to keep the job ledger so a restart neither double-counts nor misses "
+                "finished jobs (written atomically; without it a restart recounts the finished "
+                "jobs slurmctld still shows)",
+                metavar="FILE",
+                type=_optional_path,
+            )
+        },
+    )
+    jobcomp_file: Path | None = field(
+        default=None,
+        metadata={
+            "flag": Flag(
+                "--slurm.jobcomp-file",
+                "a jobcomp/filetxt log (JobCompLoc) to tail for finished jobs, so jobs that "
+                "left slurmctld (MinJobAge) while the exporter was down are still counted",
+                metavar="FILE",
+                type=_optional_path,
+            )
+        },
+    )
+    jobcomp_start: str = field(
+        default="beginning",
+        metadata={
+            "flag": Flag(
+                "--slurm.jobcomp-start",
+                "where to start reading the jobcomp log the first time (default beginning: "
+                "count its whole history); later reads continue from the saved offset",
+                choices=("beginning", "end"),
+            )
+        },
+    )
+    jobcomp_tz: tzinfo | None = field(
+        default=None,
+        metadata={
+            "flag": Flag(
+                "--slurm.jobcomp-timezone",
+                "time zone of slurmctld, in which the jobcomp log writes times (default: local)",
+                metavar="ZONE",
+                type=_time_zone,
+            )
+        },
+    )
+    thresholds: tuple[float, ...] = field(
+        default=parse_durations(DEFAULT_THRESHOLDS),
+        metadata={
+            "flag": Flag(
+                "--slurm.wait-thresholds",
+                "queue-wait SLO thresholds counted by hpcobs_slurm_jobs_wait_exceeded_total, "
+                f"also histogram bucket bounds (default {DEFAULT_THRESHOLDS})",
+                metavar="LIST",
+                type=parse_durations,
+            )
+        },
+    )
+    buckets: tuple[float, ...] = field(
+        default=parse_durations(DEFAULT_BUCKETS),
+        metadata={
+            "flag": Flag(
+                "--slurm.wait-buckets",
+                f"queue-wait histogram bucket bounds (default {DEFAULT_BUCKETS})",
+                metavar="LIST",
+                type=parse_durations,
+            )
+        },
+    )
+    causes: Mapping[str, str] = field(
+        default_factory=lambda: dict(DEFAULT_CAUSES),
+        metadata={
+            "flag": Flag(
+                "--slurm.cause-map",
+                "override the cause of finished-job states, e.g. preempted=user,deadline=system "
+                "(default: node_fail, boot_fail, preempted → system; completed → none; the rest → "
+                "user)",
+                metavar="LIST",
+                type=_causes,
+            )
+        },
+    )
+    licenses: bool = field(
+        default=True,
+        metadata={
+            "flag": Flag(
+                "--slurm.licenses",
+                "read license use (takes turns with the scheduler statistics; default on)",
+                boolean=True,
+            )
+        },
+    )
+    scheduler_stats: bool = field(
+        default=True,
+        metadata={
+            "flag": Flag(
+                "--slurm.scheduler-stats",
+                "read sdiag's scheduler statistics (default on)",
+                boolean=True,
+            )
+        },
+    )
+    node_reasons_max: int = field(
+        default=500,
+        metadata={
+            "flag": Flag(
+                "--slurm.node-reasons.max",
+                "at most this many hpcobs_slurm_node_reason_info series (default 500)",
+                metavar="N",
+                at_least=0,
+            )
+        },
+    )
 
     def __post_init__(self) -> None:
-        if self.poll_interval <= 0:
-            raise ValueError("--slurm.poll-interval must be positive")
-        if self.timeout <= 0:
-            raise ValueError("--slurm.timeout must be positive")
+        for name in ("poll_interval", "timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{flag_of(name).name} must be positive")
         if self.stale_after <= self.poll_interval:
             raise ValueError(
-                f"--slurm.stale-after ({self.stale_after:g}s) must be longer than "
-                f"--slurm.poll-interval ({self.poll_interval:g}s)"
+                f"{flag_of('stale_after').name} ({self.stale_after:g}s) must be longer than "
+                f"{flag_of('poll_interval').name} ({self.poll_interval:g}s)"
             )
-        if self.node_reasons_max < 0:
-            raise ValueError("--slurm.node-reasons.max must not be negative")
+        for f in _FIELDS:  # what the flags' int_at_least refuses, for options made in code
+            bound = _flag(f).at_least
+            if bound is not None and getattr(self, f.name) < bound:
+                raise ValueError(f"{_flag(f).name} must be at least {bound}")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SlurmOptions:
-        tz: tzinfo | None = None
-        if args.slurm_jobcomp_timezone:
-            try:
-                tz = ZoneInfo(args.slurm_jobcomp_timezone)
-            except (ZoneInfoNotFoundError, ValueError) as exc:
-                raise ValueError(
-                    f"--slurm.jobcomp-timezone: unknown time zone {args.slurm_jobcomp_timezone!r}"
-                ) from exc
-        return cls(
-            backend=args.slurm_backend,
-            slurm_conf=args.slurm_conf,
-            bin_dir=args.slurm_bin_dir,
-            poll_interval=args.slurm_poll_interval,
-            timeout=args.slurm_timeout,
-            stale_after=args.slurm_stale_after,
-            state_file=Path(args.slurm_state_file) if args.slurm_state_file else None,
-            jobcomp_file=Path(args.slurm_jobcomp_file) if args.slurm_jobcomp_file else None,
-            jobcomp_start=args.slurm_jobcomp_start,
-            jobcomp_tz=tz,
-            thresholds=tuple(args.slurm_wait_thresholds),
-            buckets=tuple(args.slurm_wait_buckets),
-            causes={**DEFAULT_CAUSES, **args.slurm_cause_map},
-            licenses=args.slurm_licenses,
-            scheduler_stats=args.slurm_scheduler_stats,
-            node_reasons_max=args.slurm_node_reasons_max,
-        )
+        """The options `add_arguments`' flags parsed (their types converted the text)."""
+        return cls(**{f.name: getattr(args, _flag(f).dest) for f in _FIELDS})
+
+
+_FIELDS = dataclasses.fields(SlurmOptions)
+
+
+def _flag(f: dataclasses.Field[Any]) -> Flag:
+    flag: Flag = f.metadata["flag"]
+    return flag
+
+
+def flag_of(field_name: str) -> Flag:
+    """The flag that sets `SlurmOptions.<field_name>`."""
+    (f,) = (f for f in _FIELDS if f.name == field_name)
+    return _flag(f)
+
+
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    """One flag per `SlurmOptions` field, in field order, with the field's default."""
+    defaults = SlurmOptions()
+    for f in _FIELDS:
+        group.add_argument(_flag(f).name, **_flag(f).argparse_kwargs(getattr(defaults, f.name)))

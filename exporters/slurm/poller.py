@@ -25,10 +25,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hpcobs.exporters.parse.slurm import Job, License, Node, SchedulerStats, pending_reason
 from hpcobs.exporters.slurm.backend import Backend, Call, SlurmCallError
 from hpcobs.exporters.slurm.jobcomp import JobcompTail
 from hpcobs.exporters.slurm.ledger import Ledger, LedgerView
+from hpcobs.exporters.slurm.model import Job, License, Node, SchedulerStats, pending_reason
 from hpcobs.exporters.slurm.state import save_state
 
 log = logging.getLogger("hpcobs.slurm")

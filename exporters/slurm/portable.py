@@ -21,16 +21,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from hpcobs.exporters.parse.slurm import (
     SINFO_FORMAT,
     SQUEUE_FORMAT,
-    Job,
-    License,
-    Node,
-    SchedulerStats,
     parse_licenses,
     parse_sdiag,
     parse_sinfo,
     parse_squeue,
 )
 from hpcobs.exporters.slurm.backend import Backend, SlurmCallError
+from hpcobs.exporters.slurm.model import Job, License, Node, SchedulerStats
 
 _STRIP_PREFIXES = ("SQUEUE_", "SINFO_", "SCONTROL_", "SDIAG_", "SLURM_TIME_FORMAT")
 

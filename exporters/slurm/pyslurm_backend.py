@@ -24,7 +24,8 @@ from multiprocessing.connection import Connection
 from types import ModuleType
 from typing import Any
 
-from hpcobs.exporters.parse.slurm import (
+from hpcobs.exporters.slurm.backend import Backend, SlurmCallError
+from hpcobs.exporters.slurm.model import (
     MIB,
     Job,
     License,
@@ -34,9 +35,8 @@ from hpcobs.exporters.parse.slurm import (
     job_state,
     make_job,
     node_state,
-    parse_licenses_requested,
+    requested_licenses,
 )
-from hpcobs.exporters.slurm.backend import Backend, SlurmCallError
 
 # -- conversions (run where pyslurm is imported) ------------------------------------------
 
@@ -90,7 +90,7 @@ def convert_job(job: Any) -> Job:
         cpus=_int(job.cpus),
         memory_bytes=memory,
         gpus=gpus,
-        licenses=parse_licenses_requested(job.licenses or ()),
+        licenses=requested_licenses(job.licenses or ()),
         nodes=job.allocated_nodes or "",
     )
 

@@ -23,8 +23,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hpcobs.exporters.collectors.jobs import JobAttributor, JobsCollector, PsutilSampler
+from hpcobs.exporters.attribution import JobAttributor
+from hpcobs.exporters.collectors.jobs import JobsCollector
 from hpcobs.exporters.parse.cgroup import slurm_job_from_cgroup
+from hpcobs.exporters.sources.procfs import PsutilSampler
 
 from harness.runtime import ExporterProcess
 from harness.slurm import SlurmCluster, SlurmClusterFactory

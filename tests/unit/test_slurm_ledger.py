@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hpcobs.exporters.parse.slurm import Job, make_job
 from hpcobs.exporters.slurm.ledger import Ledger
+from hpcobs.exporters.slurm.model import Job, make_job
 
 pytestmark = pytest.mark.unit
 

@@ -20,31 +20,28 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hpcobs.exporters.parse.slurm import (
-    FINISHED_STATES,
-    JOB_STATES,
-    NODE_STATES,
     SINFO_FIELDS,
     SQUEUE_FIELDS,
-    Job,
-    array_task_count,
-    array_task_ids,
-    compress_ids,
-    gpu_count,
-    job_state,
-    node_state,
     parse_gres,
     parse_jobcomp_line,
     parse_licenses,
-    parse_licenses_requested,
     parse_memory,
     parse_sdiag,
     parse_sinfo,
     parse_squeue,
     parse_time,
     parse_tres,
-    pending_reason,
 )
 from hpcobs.exporters.slurm.ledger import Ledger
+from hpcobs.exporters.slurm.model import (
+    JOB_STATES,
+    NODE_STATES,
+    Job,
+    job_state,
+    make_job,
+    pending_reason,
+    requested_licenses,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -392,73 +389,13 @@ def test_refused_job_2411_counts_once_as_failed_user_without_resources() -> None
     assert ("debug", "5") not in led.exceeded
 
 
-# -- normalisers ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("IDLE", "idle"),
-        ("idle+drain", "drain"),
-        ("IDLE+DRAIN", "drain"),
-        ("MIXED+DRAIN", "draining"),
-        ("allocated+drain", "draining"),
-        ("drained", "drain"),
-        ("draining", "draining"),
-        ("down*", "down"),
-        ("DOWN+DRAIN+NOT_RESPONDING", "down"),
-        ("IDLE+FAIL", "fail"),
-        ("MIXED+MAINT", "maint"),
-        ("IDLE+POWERED_DOWN", "powered_down"),
-        ("IDLE+REBOOT_REQUESTED", "reboot"),
-        ("ALLOCATED+COMPLETING", "completing"),
-        ("mixed", "mixed"),
-        ("IDLE+RESERVED", "reserved"),
-        ("weird", "unknown"),
-        ("", "unknown"),
-    ],
-)
-def test_node_state(raw: str, expected: str) -> None:
-    assert node_state(raw) == expected
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("Priority", "Priority"),
-        ("None", "none"),
-        ("ReqNodeNotAvail, UnavailableNodes:node[1-3]", "ReqNodeNotAvail"),
-        (
-            "Nodes required for job are DOWN, DRAINED or reserved for jobs in higher priority "
-            "partitions",
-            "ReqNodeNotAvail",
-        ),
-        ("(QOSMaxJobsPerUserLimit)", "other"),
-        ("Some free text from an admin", "other"),
-    ],
-)
-def test_pending_reason(raw: str, expected: str) -> None:
-    assert pending_reason(raw) == expected
-
-
 def test_small_values() -> None:
     assert parse_tres("cpu=4,mem=16G,node=1,billing=4,gres/gpu=2,gres/gpu:a100=2").gpus == 2
     assert parse_tres("cpu=4,gres/gpu:a100=2,gres/gpu:v100=1").gpus == 3
     assert parse_tres("cpu=4,mem=1.50G").memory_bytes == int(1.5 * 1024 * MIB)
     assert parse_memory("2048") == 2048 * MIB and parse_memory("x") == 0
     assert parse_gres("gpu:a100:4(S:0-1),gpu:v100:2(S:0)") == {"gpu:a100": 4, "gpu:v100": 2}
-    assert gpu_count({"gpu": 2, "gpu:a100": 2}) == 2
-    assert parse_licenses_requested(["matlab:2", "ansys", "(null)"]) == (
-        ("matlab", 2),
-        ("ansys", 1),
-    )
-    assert array_task_ids("0-4:2,7,9-10") == [0, 2, 4, 7, 9, 10]
-    assert array_task_ids("0x15") == [0, 2, 4]
-    assert array_task_ids("1,3,5...") == [1, 3, 5]
-    assert array_task_count("0-999%10") == 1000 and array_task_count("junk") == 1
     assert parse_time("N/A") == 0 and parse_time("1795598990") == 1795598990
-    assert job_state("CANCELLED by 0") == "cancelled" and job_state("BOGUS") == "unknown"
-    assert FINISHED_STATES <= JOB_STATES
 
 
 # -- fuzzing: arbitrary input never raises (beyond ValueError where documented) ---------------
@@ -499,33 +436,11 @@ def test_fuzz_sdiag_licenses_jobcomp(text: str) -> None:
 
 @FUZZ
 @given(TEXT)
-def test_fuzz_normalisers_are_bounded(text: str) -> None:
-    assert node_state(text) in NODE_STATES
-    assert job_state(text) in JOB_STATES | {"unknown"}
-    reason = pending_reason(text)
-    assert reason in ("none", "other") or (reason.isidentifier() and len(reason) <= 48)
+def test_fuzz_value_parsers(text: str) -> None:
     parse_time(text)
     parse_tres(text)
     parse_gres(text)
     parse_memory(text)
-    assert array_task_count(text) >= 1
-
-
-@FUZZ
-@given(st.text(alphabet="0123456789-,:%x[]abcdef.", max_size=30))
-def test_fuzz_array_task_ids_only_value_error(spec: str) -> None:
-    try:
-        ids = array_task_ids(spec)
-    except ValueError:
-        return
-    assert all(i >= 0 for i in ids)
-
-
-@FUZZ
-@given(st.sets(st.integers(min_value=0, max_value=5000), max_size=200))
-def test_compress_ids_round_trip(ids: set[int]) -> None:
-    text = compress_ids(ids)
-    assert (set(array_task_ids(text)) if text else set()) == ids
 
 
 def test_jobcomp_hostile_names_parse_in_linear_time() -> None:
@@ -540,3 +455,76 @@ def test_jobcomp_hostile_names_parse_in_linear_time() -> None:
     job = parse_jobcomp_line(hostile)
     assert _time.perf_counter() - started < 0.5
     assert job is not None and job.job_id == 8 and job.state == "cancelled"
+
+
+# -- the squeue fast path against the model's make_job -----------------------------------------
+
+_SQUEUE_TIME = st.one_of(
+    st.integers(min_value=1, max_value=4_000_000_000).map(str),
+    st.sampled_from(["N/A", "NONE", "Unknown", "0"]),
+)
+
+
+@st.composite
+def _squeue_row(draw: st.DrawFn) -> str:
+    job_id = draw(st.integers(min_value=1, max_value=10**9))
+    array_job_id, tasks = draw(
+        st.one_of(
+            st.just((job_id, "N/A")),
+            st.tuples(
+                st.integers(min_value=1, max_value=10**9),
+                st.sampled_from(["0", "7", "1-3", "0-999%10", "2,4-6", "0x15", "1,3,5..."]),
+            ),
+        )
+    )
+    state = draw(
+        st.sampled_from([*sorted(s.upper() for s in JOB_STATES), "CANCELLED by 0", "WEIRD"])
+    )
+    fields = [
+        str(job_id),
+        str(array_job_id),
+        tasks,
+        draw(st.sampled_from(["debug", "batch", "gpu,debug"])),
+        state,
+        draw(_SQUEUE_TIME),
+        draw(_SQUEUE_TIME),
+        draw(_SQUEUE_TIME),
+        str(draw(st.integers(min_value=0, max_value=10**6))),
+        draw(
+            st.sampled_from(
+                ["cpu=1,mem=100M,node=1,billing=1", "cpu=8,mem=16G,gres/gpu=2,gres/gpu:a100=2", ""]
+            )
+        ),
+        draw(st.sampled_from(["(null)", "matlab:2", "matlab:4,ansys"])),
+        draw(st.sampled_from(["", "(null)", "None assigned", "node[1-2]", "g1"])),
+        draw(st.text(alphabet=string.ascii_letters + " |,:()", max_size=30)),
+    ]
+    return "|".join(fields) + "|"
+
+
+@FUZZ
+@given(st.lists(_squeue_row(), min_size=1, max_size=5))
+def test_squeue_fast_path_builds_what_make_job_builds(rows: list[str]) -> None:
+    """parse_squeue inlines make_job's rules for speed; on what squeue prints, the two agree."""
+    parsed = parse_squeue("\n".join(rows))
+    assert parsed.bad_lines == 0
+    for row, job in zip(rows, parsed.jobs, strict=True):
+        f = row[:-1].split("|", len(SQUEUE_FIELDS) - 1)
+        resources = parse_tres(f[9])
+        expected = make_job(
+            job_id=int(f[0]),
+            array_job_id=int(f[1]),
+            array_tasks=f[2],
+            partition=f[3],
+            state=job_state(f[4]),
+            reason=f[12],
+            eligible_time=parse_time(f[5]),
+            start_time=parse_time(f[6]),
+            end_time=parse_time(f[7]),
+            cpus=int(f[8]),
+            memory_bytes=resources.memory_bytes,
+            gpus=resources.gpus,
+            licenses=() if f[10] == "(null)" else requested_licenses(f[10].split(",")),
+            nodes=f[11],
+        )
+        assert job == expected

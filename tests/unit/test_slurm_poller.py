@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from hpcobs.exporters.parse.slurm import Job, License, Node, SchedulerStats, make_job
 from hpcobs.exporters.runtime.app import build_parser, serve
 from hpcobs.exporters.runtime.cli import parse_args
 from hpcobs.exporters.slurm import SPEC
@@ -20,6 +19,7 @@ from hpcobs.exporters.slurm.backend import Backend, SlurmCallError
 from hpcobs.exporters.slurm.collector import SlurmCollector, build_collector, families
 from hpcobs.exporters.slurm.jobcomp import JobcompTail
 from hpcobs.exporters.slurm.ledger import Ledger
+from hpcobs.exporters.slurm.model import Job, License, Node, SchedulerStats, make_job
 from hpcobs.exporters.slurm.options import SlurmOptions, parse_cause_map
 from hpcobs.exporters.slurm.poller import Poller
 from hpcobs.exporters.slurm.state import StateFileError, load_state, save_state

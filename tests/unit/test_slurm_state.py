@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from hpcobs.exporters.parse.slurm import Job, License, Node, SchedulerStats, make_job
 from hpcobs.exporters.runtime.log import LogfmtFormatter
 from hpcobs.exporters.slurm import state as state_module
 from hpcobs.exporters.slurm.backend import Backend
 from hpcobs.exporters.slurm.collector import SlurmCollector, build_collector, families
 from hpcobs.exporters.slurm.ledger import Ledger
+from hpcobs.exporters.slurm.model import Job, License, Node, SchedulerStats, make_job
 from hpcobs.exporters.slurm.options import SlurmOptions
 from hpcobs.exporters.slurm.poller import Poller
 from hpcobs.exporters.slurm.state import FORMAT, load_state, save_state
