@@ -9,11 +9,14 @@ counters of all jobs are rewritten, as on a busy server.
 
 Prints, for the 2.10/2.12 format (~0.9 KiB per job) and the 2.14+ one, the collection time (p50/p99 over the runs, target <= 250 ms), the time to render the
 result in the text format (for information: the HTTP server does that per scrape), the number
-of samples, and the process RSS.
+of samples, and the process RSS. `--no-gc-pause` runs the same without the source's pause of
+the cyclic garbage collector (`hpcobs.exporters.sources.lustre.gc_paused`), to measure it.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import random
 import resource
@@ -27,6 +30,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 
 from hpcobs.exporters.collectors.lustre import LustreCollector
+from hpcobs.exporters.sources import lustre as lustre_source
 
 OSTS = 64
 JOBS = 1000
@@ -230,6 +234,15 @@ def _loop_ns() -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--no-gc-pause",
+        action="store_true",
+        help="collect without pausing the cyclic garbage collector (to measure the pause)",
+    )
+    if parser.parse_args().no_gc_pause:
+        lustre_source.gc_paused = contextlib.nullcontext  # type: ignore[assignment]
+        print("without the gc pause")
     print(
         f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
         f"an empty Python loop iteration takes {_loop_ns():.0f} ns here)"

@@ -24,6 +24,7 @@ from hpcobs.exporters.runtime.app import build_parser
 from hpcobs.exporters.runtime.cli import parse_args
 from hpcobs.exporters.runtime.collector import Services
 from hpcobs.exporters.runtime.scrape import ScrapeCoordinator
+from hpcobs.exporters.sources import lustre as source
 
 from harness.lustre_trees import (
     SB,
@@ -520,9 +521,9 @@ def test_unmounted_mid_scrape(fixture_copy: Path, monkeypatch: pytest.MonkeyPatc
     llite = fixture_copy / "proc/fs/lustre/llite/lustrefs-ffff88105db50000"
     oscs = fixture_copy / "proc/fs/lustre/osc"
     mdcs = fixture_copy / "proc/fs/lustre/mdc"
-    real_read = mod.TreeScan._read
+    real_read = source.TreeScan._read
 
-    def read_and_unmount(self: mod.TreeScan, path: Path) -> bytes | None:
+    def read_and_unmount(self: source.TreeScan, path: Path) -> bytes | None:
         data: bytes | None = real_read(self, path)
         if path.name == "stats" and llite.exists():  # the first read of the mount: unmount
             shutil.rmtree(llite)
@@ -530,7 +531,7 @@ def test_unmounted_mid_scrape(fixture_copy: Path, monkeypatch: pytest.MonkeyPatc
                 shutil.rmtree(device)
         return data
 
-    monkeypatch.setattr(mod.TreeScan, "_read", read_and_unmount)
+    monkeypatch.setattr(source.TreeScan, "_read", read_and_unmount)
     collector = on(fixture_copy)
     s = collect(collector)  # listed, then gone: what was read is exported, nothing raises
     assert value(s, "hpcobs_lustre_client_write_bytes_total", fs="lustrefs") == 93813797294080
@@ -773,13 +774,17 @@ def test_flags_build_the_collector(tmp_path: Path) -> None:
     )  # fmt: skip
     collector = mod.SPEC.factory(args, Services(args))
     assert isinstance(collector, LustreCollector)
-    assert collector.max_jobs == 5 and collector.job_io_operations and collector.lctl is None
-    assert collector.roots[0] == tmp_path / "p/fs/lustre"
-    assert collector.roots[2] == tmp_path / "s/kernel/debug/lustre"
+    assert (
+        collector.jobs.max_jobs == 5
+        and collector.job_io_operations
+        and collector.source.lctl is None
+    )
+    assert collector.source.roots[0] == tmp_path / "p/fs/lustre"
+    assert collector.source.roots[2] == tmp_path / "s/kernel/debug/lustre"
     args = parse_args(parser, ["--collector.lustre.lctl-timeout=2s"])
     collector = mod.SPEC.factory(args, Services(args))
-    assert isinstance(collector, LustreCollector) and collector.lctl is not None
-    assert collector.lctl.timeout == 2.0 and collector.max_jobs == 1000
+    assert isinstance(collector, LustreCollector) and collector.source.lctl is not None
+    assert collector.source.lctl.timeout == 2.0 and collector.jobs.max_jobs == 1000
     with pytest.raises(SystemExit):
         parse_args(parser, ["--collector.lustre.max-jobs=-1"])
 
@@ -796,3 +801,23 @@ def test_job_samples_are_the_same_with_and_without_missing_values() -> None:
     assert mod._job_samples("m", [], []) == []
     with pytest.raises(ValueError):
         mod._job_samples("m", labels, [1, 2, 3])  # as zip(strict=True) would
+
+
+def test_a_bug_in_one_mapping_step_keeps_the_rest(
+    fixture_root: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(LustreCollector, "_brw", staticmethod(broken))
+    caplog.set_level(logging.WARNING, "hpcobs.lustre")
+    collector = on(fixture_root)
+    s = collect(collector)
+    collect(collector)
+    ost0 = {"fs": "lustrefs", "target": "lustrefs-OST0000"}
+    assert not [n for n in names(s) if n.startswith("hpcobs_lustre_target_bulk_rpc_pages")]
+    assert value(s, "hpcobs_lustre_target_recovery_status", status="complete", **ost0) == 1
+    assert value(s, "hpcobs_lustre_client_write_bytes_total", fs="lustrefs") == 93813797294080
+    assert [n for n in names(s) if n.startswith("hpcobs_lustre_job_")]
+    failed = [r for r in caplog.records if "step failed" in r.getMessage()]
+    assert failed and len(failed) == len({getattr(r, "step", "") for r in failed})  # once each
