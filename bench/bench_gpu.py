@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from hpcobs.exporters.collectors.gpu import GpuCollector  # noqa: E402
+from hpcobs.exporters.sources.nvml import NvmlSource  # noqa: E402
 
 from fakes.pynvml_fake import FakeNvml, FakeProcess, fleet  # noqa: E402
 
@@ -51,7 +52,7 @@ def main() -> None:
     fake = FakeNvml(gpus)
     real_pynvml = sys.modules.get("pynvml")
     sys.modules["pynvml"] = fake.module  # the import boundary the collector loads through
-    collector = GpuCollector(timeout=5.0, xid_wait_ms=100)
+    collector = GpuCollector(NvmlSource(timeout=5.0, xid_wait_ms=100))
     registry = CollectorRegistry()
     registry.register(collector)
     try:

@@ -33,6 +33,7 @@ import subprocess
 import sys
 
 from hpcobs.exporters.collectors.gpu import GpuCollector
+from hpcobs.exporters.sources.nvml import NvmlSource
 
 FIELDS = [
     "index", "uuid", "name", "pci.bus_id", "driver_version", "pstate", "mig.mode.current",
@@ -62,7 +63,7 @@ def number(text: str) -> float | None:
 
 
 before = smi()
-collector = GpuCollector(xid=False, processes=False)
+collector = GpuCollector(NvmlSource(xid=False, processes=False))
 try:
     ours: dict[tuple[str, frozenset], float] = {}
     for family in collector.collect():

@@ -21,10 +21,12 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
+from hpcobs.exporters.attribution import JobAttributor
 from hpcobs.exporters.collectors import gpu
-from hpcobs.exporters.collectors.gpu import GpuCollector, NvmlInitError
+from hpcobs.exporters.collectors.gpu import GpuCollector
 from hpcobs.exporters.runtime.collector import Services
 from hpcobs.exporters.runtime.scrape import ScrapeCoordinator
+from hpcobs.exporters.sources.nvml import NvmlInitError, NvmlSource
 
 from fakes.pynvml_fake import FakeGpu, FakeNvml, FakeProcess, _missing, fleet
 from harness.collectors import wait_until
@@ -93,9 +95,19 @@ def install(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeNvml]:
 def make_collector() -> Iterator[Callable[..., GpuCollector]]:
     made: list[GpuCollector] = []
 
-    def make(**kw: Any) -> GpuCollector:
-        kw.setdefault("procfs", "/nonexistent-procfs")
-        collector = GpuCollector(**kw)
+    def make(
+        procfs: str = "/nonexistent-procfs",
+        job_mapping_dir: str = "",
+        max_jobs: int = 64,
+        **source: Any,
+    ) -> GpuCollector:
+        """A collector over an NvmlSource(**source) and a JobAttributor over `procfs`."""
+        collector = GpuCollector(
+            NvmlSource(**source),
+            attributor=JobAttributor(procfs),
+            job_mapping_dir=job_mapping_dir,
+            max_jobs=max_jobs,
+        )
         made.append(collector)
         return collector
 
@@ -462,11 +474,16 @@ def test_wedged_gpu_is_down_within_budget_and_not_piled_up(
         values = scrape(collector)  # the stuck read is not started again
         assert one(values, "hpcobs_gpu_up", **gpu_labels(gpus[5])) == 0
         assert sum(n for (index, _), n in fake.gpu_calls.items() if index == 5) == calls
+        # one persistent worker per GPU: the wedged GPU holds its one thread, and scrapes
+        # start none
         assert len([t for t in threading.enumerate() if t.name == "nvml-gpu5"]) == 1
+        threads = threading.active_count()
+        scrape(collector)
+        assert threading.active_count() <= threads
     finally:
         gpus[5].hang.set()
         gpus[5].hang = None
-    wait_until(lambda: not any(t.name == "nvml-gpu5" for t in threading.enumerate()))
+    wait_until(lambda: not collector.source.flights.running("gpu5"))
     assert one(scrape(collector), "hpcobs_gpu_up", **gpu_labels(gpus[5])) == 1
 
 
@@ -509,18 +526,39 @@ def test_flags_reach_the_collector(tmp_path: Any) -> None:
             "--no-collector.gpu.xid",
             "--no-collector.gpu.pcie-throughput",
             "--collector.gpu.max-jobs=9",
-            "--no-collector.jobs.environ-fallback",
+            "--no-attribution.environ-fallback",
         ],
     )
     collector = gpu.SPEC.factory(args, Services(args))
     assert isinstance(collector, GpuCollector)
-    assert collector.timeout == 1.5 and collector.xid_enabled is False
-    assert collector.pcie_throughput is False and collector.max_jobs == 9
+    assert collector.source.timeout == 1.5 and collector.source.xid_enabled is False
+    assert collector.source.pcie_throughput is False and collector.max_jobs == 9
     assert collector.job_mapping_dir == str(tmp_path)
     assert collector.attributor.environ_fallback is False
     defaults = gpu.SPEC.factory(ns := parse_args(parser, []), Services(ns))
     assert isinstance(defaults, GpuCollector)
-    assert defaults.xid_enabled and defaults.processes_enabled and defaults.timeout == 4.0
+    source = defaults.source
+    assert source.xid_enabled and source.processes_enabled and source.timeout == 4.0
+    assert defaults.attributor.environ_fallback is True
+    with pytest.raises(SystemExit):
+        parse_args(parser, ["--collector.gpu.max-jobs=0"])
+
+
+def test_gpu_alone_has_the_attribution_flags() -> None:
+    """The attribution service's flags come with every collector that uses it."""
+    from hpcobs.exporters.runtime.app import build_parser
+    from hpcobs.exporters.runtime.cli import parse_args
+
+    parser = build_parser("test", "test", ":0", [gpu.SPEC], paths=True)
+    for flag, want in (
+        ("--no-attribution.environ-fallback", False),
+        ("--no-collector.jobs.environ-fallback", False),  # the older spelling still works
+        ("--attribution.environ-fallback", True),
+    ):
+        args = parse_args(parser, [flag])
+        collector = gpu.SPEC.factory(args, Services(args))
+        assert isinstance(collector, GpuCollector)
+        assert collector.attributor.environ_fallback is want, flag
 
 
 def test_gpu_lost_at_start_is_enumerated_later(
@@ -571,7 +609,7 @@ def test_xid_event_stream(install: Callable[..., FakeNvml], make_collector: Any)
         (str(g), gpus[g].uuid, xid): n
         for g, xid, n in [(0, 79, 2), (2, 48, 1), (7, 13, 1), (6, 94, 1)]
     }
-    wait_for(lambda: collector.xid_counts() == expected)
+    wait_for(lambda: collector.source.xid_counts() == expected)
     values = scrape(collector)
     for (g, uuid, xid), n in expected.items():
         assert one(values, "hpcobs_gpu_xid_errors_total", gpu=g, uuid=uuid, xid=str(xid)) == n
@@ -579,7 +617,7 @@ def test_xid_event_stream(install: Callable[..., FakeNvml], make_collector: Any)
     # GPU 0 falls off the bus: it is down, but its XID counters stay (they explain why)
     gpus[0].lost = True
     fake.xid(0, 79)
-    wait_for(lambda: collector.xid_counts()[("0", gpus[0].uuid, 79)] == 3)
+    wait_for(lambda: collector.source.xid_counts()[("0", gpus[0].uuid, 79)] == 3)
     values = scrape(collector)
     assert one(values, "hpcobs_gpu_up", **gpu_labels(gpus[0])) == 0
     assert not series(values, "hpcobs_gpu_power_watts", **gpu_labels(gpus[0]))
@@ -604,9 +642,9 @@ def test_xid_registration_not_supported(
     assert one(scrape(collector), "hpcobs_gpu_xid_watcher_up") == 1
     fake.xid(1, 31)  # not registered: never delivered
     fake.xid(2, 31)
-    wait_for(lambda: bool(collector.xid_counts()))
+    wait_for(lambda: bool(collector.source.xid_counts()))
     time.sleep(0.1)
-    assert collector.xid_counts() == {("2", gpus[2].uuid, 31): 1}
+    assert collector.source.xid_counts() == {("2", gpus[2].uuid, 31): 1}
 
 
 def test_no_xid_thread_when_no_gpu_supports_events(

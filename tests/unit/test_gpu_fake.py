@@ -10,8 +10,9 @@ import sys
 import pynvml
 import pytest
 
+from hpcobs.exporters.attribution import JobAttributor
 from hpcobs.exporters.collectors.gpu import GpuCollector
-from hpcobs.exporters.nvml import ErrorKind, Nvml, classify
+from hpcobs.exporters.sources.nvml import ErrorKind, Nvml, classify
 
 from fakes.pynvml_fake import FakeNvml, fleet, implemented
 
@@ -112,7 +113,7 @@ def test_real_nvidia_ml_py_without_a_driver(monkeypatch: pytest.MonkeyPatch) -> 
     else:  # pragma: no cover - a machine with a driver
         pynvml.nvmlShutdown()
         pytest.fail("this test expects a machine without the NVIDIA driver")
-    collector = GpuCollector(procfs="/nonexistent")
+    collector = GpuCollector(attributor=JobAttributor("/nonexistent"))
     try:
         assert list(collector.collect()) == []
     finally:

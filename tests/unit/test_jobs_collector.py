@@ -6,7 +6,7 @@ import logging
 import os
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,17 +14,14 @@ import psutil
 import pytest
 from prometheus_client.metrics_core import Metric
 
-from hpcobs.exporters.collectors import jobs
-from hpcobs.exporters.collectors.jobs import (
-    CpuAccumulator,
-    JobAttributor,
-    JobsCollector,
-    ProcSample,
-    PsutilSampler,
-)
-from hpcobs.exporters.runtime.app import build_parser
+from hpcobs.exporters import attribution
+from hpcobs.exporters.attribution import JobAttributor
+from hpcobs.exporters.collectors import gpu, jobs
+from hpcobs.exporters.collectors.jobs import JobsCollector
+from hpcobs.exporters.runtime.app import build_collectors, build_parser
 from hpcobs.exporters.runtime.cli import parse_args
 from hpcobs.exporters.runtime.collector import Services
+from hpcobs.exporters.sources.procfs import CpuAccumulator, ProcSample, PsutilSampler
 
 pytestmark = pytest.mark.unit
 
@@ -214,11 +211,18 @@ def job_processes() -> Iterator[list[subprocess.Popen[bytes]]]:
     procs = [
         subprocess.Popen(["sleep", "60"], env=env),
         subprocess.Popen(
-            [sys.executable, "-c", "import time; x = bytearray(32 << 20); time.sleep(60)"],
+            [
+                sys.executable,
+                "-c",
+                "import sys, time; x = bytearray(32 << 20); print('ready', flush=True); "
+                "time.sleep(60)",
+            ],
             env=env,
+            stdout=subprocess.PIPE,
         ),
     ]
-    time.sleep(0.3)  # let python allocate
+    # the allocation is resident once the child says so (no guessed sleep)
+    assert procs[1].stdout is not None and procs[1].stdout.readline() == b"ready\n"
     yield procs
     for proc in procs:
         proc.kill()
@@ -259,7 +263,7 @@ def test_flags_reach_the_collector(monkeypatch: pytest.MonkeyPatch) -> None:
             "--path.procfs",
             str(DATA / "linuxproc" / "proc"),
             "--collector.jobs.max-jobs=3",
-            "--no-collector.jobs.environ-fallback",
+            "--no-attribution.environ-fallback",
         ],
     )
     collector = jobs.SPEC.factory(args, Services(args))
@@ -269,3 +273,88 @@ def test_flags_reach_the_collector(monkeypatch: pytest.MonkeyPatch) -> None:
     assert str(DATA / "linuxproc" / "proc") == psutil.PROCFS_PATH
     with pytest.raises(SystemExit):
         parse_args(parser, ["--collector.jobs.max-jobs=0"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "want"),
+    [
+        ([], True),
+        (["--no-attribution.environ-fallback"], False),
+        (["--no-collector.jobs.environ-fallback"], False),  # its older spelling
+        (["--no-attribution.environ-fallback", "--collector.jobs.environ-fallback"], True),
+    ],
+)
+def test_environ_fallback_flag_and_its_alias(argv: list[str], want: bool) -> None:
+    parser = build_parser("test", "test", ":0", [gpu.SPEC, jobs.SPEC], paths=True)
+    args = parse_args(parser, argv)
+    assert attribution.from_args(args).environ_fallback is want
+
+
+@pytest.mark.parametrize("key", ["attribution.environ-fallback", "collector.jobs.environ-fallback"])
+def test_environ_fallback_from_the_config_file(key: str, tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(f"{key}: false\n")
+    parser = build_parser("test", "test", ":0", [gpu.SPEC, jobs.SPEC], paths=True)
+    args = parse_args(parser, [f"--config.file={config}"])
+    assert attribution.from_args(args).environ_fallback is False
+
+
+def test_gpu_and_jobs_share_one_attributor(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(psutil, "PROCFS_PATH", psutil.PROCFS_PATH)
+    tree = str(DATA / "linuxproc" / "proc")
+    parser = build_parser("test", "test", ":0", [gpu.SPEC, jobs.SPEC], paths=True)
+    args = parse_args(parser, [f"--path.procfs={tree}", "--no-attribution.environ-fallback"])
+    services = Services(args)
+    collectors = build_collectors(args, [gpu.SPEC, jobs.SPEC], services)
+    try:
+        gpu_collector, jobs_collector = collectors
+        assert isinstance(gpu_collector, gpu.GpuCollector)
+        assert isinstance(jobs_collector, JobsCollector)
+        shared = services.get(attribution.from_args)
+        assert gpu_collector.attributor is shared and jobs_collector.attributor is shared
+        assert shared.proc.root == tree and shared.environ_fallback is False
+    finally:
+        for collector in collectors:
+            collector.close()
+        services.close()
+
+
+def test_shared_attributor_some_pids_then_all() -> None:
+    """The gpu collector asks about the PIDs on its GPUs, the jobs collector about every
+    process: a look at some PIDs forgets nothing the other look needs, and both answer as a
+    fresh attributor would."""
+    tree = str(DATA / "linuxproc" / "proc")
+    expected = _expected_linuxproc()
+    shared = JobAttributor(tree)
+    for _ in range(3):
+        some = shared.attribute([3003, 3201, 999999])
+        assert {pid: (a.job_id, a.source) for pid, a in some.items()} == {
+            pid: expected[pid] for pid in (3003, 3201)
+        }
+        every = shared.attribute()
+        assert {pid: (a.job_id, a.source) for pid, a in every.items()} == expected
+    assert shared.attribute([3003]) == {3003: every[3003]}  # cached answers are kept
+
+
+def test_shared_attributor_from_many_threads() -> None:
+    tree = str(DATA / "linuxproc" / "proc")
+    expected = _expected_linuxproc()
+    shared = JobAttributor(tree)
+    errors: list[BaseException] = []
+
+    def look(pids: list[int] | None) -> None:
+        try:
+            for _ in range(50):
+                found = shared.attribute(pids)
+                want = expected if pids is None else {p: expected[p] for p in pids}
+                assert {pid: (a.job_id, a.source) for pid, a in found.items()} == want
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=look, args=(None,)) for _ in range(2)]
+    threads += [threading.Thread(target=look, args=([3003, 3102],)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
