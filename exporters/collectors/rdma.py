@@ -1,8 +1,11 @@
 """`rdma`: InfiniBand / RoCE / Omni-Path ports from sysfs, their netdevs from rtnetlink.
 
-Reads `<--path.sysfs>/class/infiniband/<device>/`:
+This module holds the metric definitions and the mapping from the source's model to metric
+families. The reading (sysfs tree, cached layout, open descriptors, the netlink listener) is
+`hpcobs.exporters.sources.rdma.RdmaSource`, whose `Scan` has:
 
-- device attributes `fw_ver`, `board_id`, `hca_type`, `node_guid` → `hpcobs_rdma_device_info`;
+- per device the attributes `fw_ver`, `board_id`, `hca_type`, `node_guid` →
+  `hpcobs_rdma_device_info`;
 - per port `state`, `phys_state`, `rate`, `link_layer`;
 - per port `counters/*` (IB PMA counters; every file gets a metric: the well-known ones a
   named metric, the rest `hpcobs_rdma_port_counter_total{counter}`), `counters_ext/*` (64-bit
@@ -11,62 +14,51 @@ Reads `<--path.sysfs>/class/infiniband/<device>/`:
 - the port's netdevs (RoCE: `gid_attrs/ndevs/*`; IPoIB: `device/net/*` with `dev_port`), whose
   statistics, operstate, carrier and carrier_changes come from rtnetlink (`RTM_GETLINK`), and
   whose carrier losses a background listener counts as they happen
-  (`hpcobs_rdma_netdev_link_flaps_total`, see `hpcobs.exporters.netlink`).
+  (`hpcobs_rdma_netdev_link_flaps_total`, see `hpcobs.exporters.sources.netlink`).
 
-`port_xmit_data` / `port_rcv_data` (and the `_64` variants) count 4-byte words; they are
-exported in bytes (× 4), as node_exporter does. hfi1 (Omni-Path) reports these two in 8-byte
-flits; node_exporter multiplies them by 4 all the same and so does this collector, to give
-the same numbers for the same tree (docs/rdma.md).
+`port_xmit_data` / `port_rcv_data` (and the `_64` variants) count 4-byte words: the model
+holds them as read, and `COUNTERS` / `COUNTERS_EXT` below scale them to bytes (× 4), as
+node_exporter does. hfi1 (Omni-Path) reports these two in 8-byte flits; node_exporter
+multiplies them by 4 all the same and so does this collector, to give the same numbers for
+the same tree (docs/rdma.md).
 
-Speed: the layout of the tree (which devices, ports and counter files exist, the device
-attributes, `link_layer` and the netdev mapping) is cached and re-listed every
-`--collector.rdma.rescan-interval`, when the device list changes, or when a file vanished;
-a scrape only lists `class/infiniband/` and reads the value files with `os.open`/`os.read`.
+Start-up reads nothing: constructing the collector builds the source, which only stores its
+options, so a sysfs read that blocks (a wedged driver) cannot keep the daemon from listening.
+The first scrape lists the tree and starts the netlink listener, in the scrape's worker thread
+under `--scrape.timeout` like every collection: a read that hangs costs
+`hpcobs_collector_up{collector="rdma"} 0` at the deadline, and later scrapes wait on that same
+collection (one thread, not one per scrape) until the read returns.
 
-Start-up reads nothing: constructing the collector only stores its options, so a sysfs read
-that blocks (a wedged driver) cannot keep the daemon from listening. The first scrape lists the
-tree and starts the netlink listener, in the scrape's worker thread under `--scrape.timeout`
-like every collection: a read that hangs costs `hpcobs_collector_up{collector="rdma"} 0` at the
-deadline, and later scrapes wait on that same collection (one thread, not one per scrape)
-until the read returns.
-
-Faults never fail the scrape: a file that cannot be read or parsed, a counter that goes
-backwards and a device or port that vanishes are logged once with the path (`OnceLog`) and
-the rest is exported. No `class/infiniband` at all means no series (the collector stays up).
+Faults never fail the scrape: the source logs a bad file once and leaves its value out of the
+scan; the rest is exported. No `class/infiniband` at all means no series (the collector stays
+up).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import errno
-import logging
-import os
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 
-from hpcobs.exporters.netlink import STATS64_FIELDS, LinkMonitor, NetlinkUnavailableError
-from hpcobs.exporters.parse.infiniband import (
-    is_not_available,
-    parse_counter,
-    parse_dev_port,
-    parse_rate,
-    parse_state,
-    parse_text,
-    port_netdevs,
-    preview,
-)
 from hpcobs.exporters.runtime.cli import parse_duration
 from hpcobs.exporters.runtime.collector import Collector, CollectorSpec, Services
+from hpcobs.exporters.runtime.families import Families
 from hpcobs.exporters.runtime.metricdef import MetricDef
-from hpcobs.exporters.runtime.once import OnceLog
+from hpcobs.exporters.sources.netlink import STATS64_FIELDS, LinkMonitor
+from hpcobs.exporters.sources.rdma import (
+    CLOSE_WAIT_SECONDS,
+    MonitorFactory,
+    Netlink,
+    Port,
+    RdmaSource,
+    Scan,
+)
 
-log = logging.getLogger("hpcobs.rdma")
+__all__ = ["CLOSE_WAIT_SECONDS", "METRICS", "SPEC", "RdmaCollector", "to_families"]
 
 PORT = ("device", "port")
 NETDEV = ("device", "port", "netdev")
@@ -246,7 +238,6 @@ COUNTERS_EXT: dict[str, tuple[MetricDef, int]] = {
     "port_rcv_data_64": (LEGACY_RECEIVE_BYTES, 4),
     "port_xmit_data_64": (LEGACY_TRANSMIT_BYTES, 4),
 }
-HW_LIFESPAN = "lifespan"  # not a counter: the driver's cache time in milliseconds
 
 # -- netdevs ------------------------------------------------------------------------------
 NETDEV_INFO = MetricDef(
@@ -339,160 +330,199 @@ METRICS = (
     NETLINK_ERRORS,
 )
 
-_INDEX = {id(metric): i for i, metric in enumerate(METRICS)}
 
-# -- reading ------------------------------------------------------------------------------
-_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC
-_VANISHED = frozenset({errno.ENOENT, errno.ENODEV, errno.ENXIO, errno.ESTALE, errno.ENOTDIR})
-_UNSUPPORTED = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENODATA, errno.ENOSYS})
+# -- the mapping -----------------------------------------------------------------------------
+Labels = dict[str, str]
 
 
-def _read(path: str) -> bytes:
-    fd = os.open(path, _OPEN_FLAGS)
-    try:
-        return os.read(fd, 4096)
-    finally:
-        os.close(fd)
+class LabelMemo:
+    """Each port's label dicts, made once and reused by every scrape (a family keeps the dict
+    it is given, it does not copy it). Ports not in a scan are dropped from it. Measured on the
+    4 HCA × 2 port tree (270 series with a `counter` label): mapping 0.31 → 0.26 ms."""
 
-
-def _try_read(path: str) -> bytes | None:
-    try:
-        return _read(path)
-    except OSError:
-        return None
-
-
-def _read_text(path: str) -> str:
-    """A text attribute's value; "" when it cannot be read."""
-    raw = _try_read(path)
-    return "" if raw is None else parse_text(raw)
-
-
-def _list_files(path: str) -> list[str]:
-    """Names of the regular files of a folder (sysfs attributes), sorted; [] if absent."""
-    try:
-        with os.scandir(path) as entries:
-            return sorted(e.name for e in entries if e.is_file())
-    except OSError:
-        return []
-
-
-def _read_all(slots: list[_Slot], errors: list[tuple[str, OSError]]) -> list[bytes | None]:
-    """Each slot's file content (`None` where it failed, the error added to `errors`)."""
-    pread = os.pread
-    try:  # the common case, in one tight loop: every file open and readable
-        return [pread(slot.fd, 4096, 0) for slot in slots]
-    except OSError:
-        pass
-    out: list[bytes | None] = []
-    for slot in slots:
-        try:
-            out.append(pread(slot.fd, 4096, 0) if slot.fd >= 0 else _read(slot.path))
-        except OSError as exc:
-            errors.append((slot.path, exc))
-            out.append(None)
-    return out
-
-
-def _signature(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns)
-
-
-def _default_fd_budget() -> int:
-    """Keep at most half of the soft RLIMIT_NOFILE as open counter files."""
-    try:
-        import resource
-
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (ImportError, OSError, ValueError):
-        return 256
-    if soft == resource.RLIM_INFINITY:
-        return 8192
-    return max(0, min(8192, soft // 2 - 64))
-
-
-# What a slot reads.
-_COUNTER, _STATE, _PHYS_STATE, _RATE, _LIFESPAN = range(5)
-
-
-class _Slot:
-    """One value file of a port, with everything its sample needs, worked out at scan time.
-
-    Files are kept open (`fd`) and re-read with `pread(fd, 4096, 0)`: a read at offset 0 of a
-    sysfs attribute calls the attribute's show function again (seq_file), so each scrape gets
-    a fresh value for one system call instead of three. A file of a removed device answers
-    ENODEV. `fd` is -1 beyond the descriptor budget: then the file is opened per read.
-    """
-
-    __slots__ = ("fd", "index", "kind", "labels", "last", "name", "path", "scale")
-
-    def __init__(
-        self, path: str, kind: int, metric: MetricDef, labels: dict[str, str], scale: int = 1
-    ) -> None:
-        self.path = path
-        self.kind = kind
-        self.index = _INDEX[id(metric)]
-        self.name = metric.name
-        self.labels = labels
-        self.scale = scale
-        self.fd = -1
-        self.last: int | None = None
-
-
-@dataclass(slots=True)
-class _PortPlan:
-    path: str
-    labels: dict[str, str]
-    info: dict[str, str]  # PORT_INFO labels (link_layer cached: it does not change)
-    others: list[_Slot]  # state, phys_state, rate, hw_counters/lifespan
-    counters: list[_Slot]  # counters/, counters_ext/, hw_counters/ files
-    netdevs: tuple[str, ...] = ()
-
-    @property
-    def slots(self) -> list[_Slot]:
-        return self.others + self.counters
-
-
-@dataclass(slots=True)
-class _DevicePlan:
-    info: dict[str, str]  # DEVICE_INFO labels
-    ports: list[_PortPlan]
-    watch: list[tuple[str, tuple[int, int] | None]]  # folders whose change means: re-scan
-    scanned_at: float
-    stale: bool = False
-
-
-class _Samples:
-    """Samples of one scrape by metric; families are made at the end, in METRICS order."""
-
-    __slots__ = ("buckets",)
+    __slots__ = ("_ports",)
 
     def __init__(self) -> None:
-        self.buckets: list[list[Sample]] = [[] for _ in METRICS]
+        self._ports: dict[tuple[str, str], tuple[Labels, dict[str, Labels]]] = {}
 
-    def add(self, metric: MetricDef, labels: dict[str, str], value: float) -> None:
-        self.buckets[_INDEX[id(metric)]].append(Sample(metric.name, labels, value))
-
-    def families(self) -> list[Metric]:
+    def ports(self, scan: Scan) -> list[tuple[Port, Labels, dict[str, Labels]]]:
+        """Each port of `scan`, its `{device, port}` labels, and its labels by `counter`."""
+        old = self._ports
+        new: dict[tuple[str, str], tuple[Labels, dict[str, Labels]]] = {}
         out = []
-        for metric, samples in zip(METRICS, self.buckets, strict=True):
-            if samples:
-                family = metric.family()
-                family.samples = samples
-                out.append(family)
+        for port in scan.ports():
+            key = (port.device, port.port)
+            memo = old.get(key)
+            if memo is None:
+                memo = ({"device": port.device, "port": port.port}, {})
+            elif len(memo[1]) > 10_000:  # counter files that come and go: bounded
+                memo[1].clear()
+            new[key] = memo
+            out.append((port, *memo))
+        self._ports = new
         return out
 
 
-MonitorFactory = Callable[[], LinkMonitor]
-CLOSE_WAIT_SECONDS = 2.0
+def _counter_labels(labels: Labels, memo: dict[str, Labels], name: str) -> Labels:
+    found = memo[name] = {**labels, "counter": name}
+    return found
+
+
+def _extend(out: Families, definition: MetricDef, samples: list[Sample]) -> None:
+    """Hand one metric's samples to its family, all at once (when there are any).
+
+    Cheaper than `Families.add` per sample, two Python calls each: the mapping of the 4 HCA ×
+    2 port tree (444 samples) takes 0.26 ms instead of 0.33 ms (measured)."""
+    if samples:
+        out.family(definition).samples.extend(samples)
+
+
+def to_families(scan: Scan, memo: LabelMemo | None = None) -> Families:
+    """The metric families of one scan.
+
+    Each metric is mapped in `METRICS` order (all its series, device by device, port by port)
+    and families are made on first use, so they come out in `METRICS` order without making
+    all of `METRICS`' families at every scrape (`Families(METRICS)`: 62 µs for 64 families;
+    the 4 HCA × 2 port tree fills 28, 31 µs)."""
+    out = Families()
+    S = Sample
+    ports = (memo or LabelMemo()).ports(scan)
+    info = [
+        S(
+            DEVICE_INFO.name,
+            {
+                "device": d.name,
+                "firmware_version": d.firmware_version,
+                "board_id": d.board_id,
+                "hca_type": d.hca_type,
+                "node_guid": d.node_guid,
+            },
+            1.0,
+        )
+        for d in scan.devices
+    ]
+    _extend(out, DEVICE_INFO, info)
+    name = PORT_INFO.name
+    _extend(
+        out,
+        PORT_INFO,
+        [S(name, {**labels, "link_layer": p.link_layer}, 1.0) for p, labels, _ in ports],
+    )
+    name = PORT_STATE.name
+    _extend(
+        out, PORT_STATE, [S(name, labels, p.state) for p, labels, _ in ports if p.state is not None]
+    )
+    name = PORT_PHYSICAL_STATE.name
+    _extend(
+        out,
+        PORT_PHYSICAL_STATE,
+        [S(name, labels, p.phys_state) for p, labels, _ in ports if p.phys_state is not None],
+    )
+    name = PORT_RATE.name
+    _extend(
+        out, PORT_RATE, [S(name, labels, p.rate) for p, labels, _ in ports if p.rate is not None]
+    )
+    for file, (metric, scale) in COUNTERS.items():  # port_rcv_data: 4-byte words → bytes
+        name = metric.name
+        _extend(
+            out,
+            metric,
+            [
+                S(name, labels, n * scale)
+                for p, labels, _ in ports
+                if (n := p.counters.get(file)) is not None
+            ],
+        )
+    name = PORT_COUNTER.name
+    _extend(
+        out,
+        PORT_COUNTER,
+        [
+            S(name, by.get(file) or _counter_labels(labels, by, file), n)
+            for p, labels, by in ports
+            for file, n in p.counters.items()
+            if file not in COUNTERS
+        ],
+    )
+    for file, (metric, scale) in COUNTERS_EXT.items():
+        name = metric.name
+        _extend(
+            out,
+            metric,
+            [
+                S(name, labels, n * scale)
+                for p, labels, _ in ports
+                if (n := p.counters_ext.get(file)) is not None
+            ],
+        )
+    name = LEGACY_COUNTER.name
+    _extend(
+        out,
+        LEGACY_COUNTER,
+        [
+            S(name, by.get(file) or _counter_labels(labels, by, file), n)
+            for p, labels, by in ports
+            for file, n in p.counters_ext.items()
+            if file not in COUNTERS_EXT
+        ],
+    )
+    name = HW_COUNTER.name
+    _extend(
+        out,
+        HW_COUNTER,
+        [
+            S(name, by.get(file) or _counter_labels(labels, by, file), n)
+            for p, labels, by in ports
+            for file, n in p.hw_counters.items()
+        ],
+    )
+    name = HW_COUNTERS_LIFESPAN.name
+    _extend(
+        out,
+        HW_COUNTERS_LIFESPAN,
+        [
+            S(name, labels, p.hw_counters_lifespan_ms / 1000.0)
+            for p, labels, _ in ports
+            if p.hw_counters_lifespan_ms is not None
+        ],
+    )
+    if scan.netlink is not None:
+        _netdevs(out, scan.netlink, ports)
+    return out
+
+
+def _netdevs(out: Families, netlink: Netlink, ports: list[tuple[Port, Labels, Any]]) -> None:
+    """The ports' netdevs (those the kernel knows) and the listener's own state."""
+    add = out.add
+    netdevs = [
+        ({**labels, "netdev": netdev}, netdev, link)
+        for port, labels, _ in ports
+        for netdev in port.netdevs
+        if (link := netlink.links.get(netdev)) is not None
+    ]
+    for labels, _, link in netdevs:
+        add(NETDEV_INFO, {**labels, "operstate": link.operstate}, 1.0)
+    for labels, _, link in netdevs:
+        add(NETDEV_UP, labels, 1.0 if link.operstate == "UP" else 0.0)
+    for labels, _, link in netdevs:
+        if link.carrier is not None:
+            add(NETDEV_CARRIER, labels, float(link.carrier))
+    for labels, _, link in netdevs:
+        if link.carrier_changes is not None:
+            add(NETDEV_CARRIER_CHANGES, labels, link.carrier_changes)
+    for labels, netdev, _ in netdevs:
+        add(NETDEV_LINK_FLAPS, labels, netlink.flaps.get(netdev, 0))
+    for field_name, metric in NETDEV_STATS.items():
+        for labels, _, link in netdevs:
+            value = link.stats.get(field_name)
+            if value is not None:
+                add(metric, labels, value)
+    add(NETLINK_UP, {}, 1.0 if netlink.connected else 0.0)
+    add(NETLINK_ERRORS, {}, netlink.failures)
 
 
 class RdmaCollector(Collector):
-    """See the module docstring."""
+    """`RdmaSource.scan()` → `to_families`; the options are the source's (see its docstring)."""
 
     name = "rdma"
 
@@ -507,375 +537,28 @@ class RdmaCollector(Collector):
         monitor_factory: MonitorFactory = LinkMonitor,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.root = os.path.join(sysfs, "class", "infiniband")
-        self.netlink = netlink
-        self.rescan_interval = rescan_interval
-        self.layout_check_interval = layout_check_interval
-        self._layout_checked = float("-inf")
-        self.fd_budget = _default_fd_budget() if max_open_files is None else max_open_files
-        self.monitor_factory = monitor_factory
-        self.clock = clock
-        self.bad = OnceLog(log)
-        self._bad_paths: set[str] = set()
-        self._plans: dict[str, _DevicePlan] = {}
-        self._open_fds = 0
-        self._monitor: LinkMonitor | None = None
-        self._lock = threading.Lock()
-        self._closed = False
-        # Nothing is read here: a sysfs read can block (a wedged driver), and the daemon must
-        # listen first. The first scrape lists the tree, under the scrape deadline.
+        self.source = RdmaSource(
+            sysfs,
+            netlink=netlink,
+            rescan_interval=rescan_interval,
+            layout_check_interval=layout_check_interval,
+            max_open_files=max_open_files,
+            monitor_factory=monitor_factory,
+            clock=clock,
+        )
+        self._labels = LabelMemo()
 
-    # -- Collector -------------------------------------------------------------------------
-    def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            if self._closed:
-                return iter(())
-            samples = _Samples()
-            self._refresh_plans()
-            for plan in self._plans.values():
-                samples.add(DEVICE_INFO, plan.info, 1.0)
-                for port in plan.ports:
-                    if not self._collect_port(port, samples):
-                        plan.stale = True  # a file vanished: re-list the device next scrape
-            self._collect_netdevs(samples)
-            return iter(samples.families())
+    @property
+    def _monitor(self) -> LinkMonitor | None:
+        """The source's netlink listener (None until a scrape found a netdev to watch)."""
+        return self.source.monitor
+
+    def collect(self) -> list[Metric]:
+        scan = self.source.scan()
+        return [] if scan is None else list(to_families(scan, self._labels))
 
     def close(self) -> None:
-        """Stop the listener and close the descriptors. A collection stuck in a sysfs read is
-        waited for only `CLOSE_WAIT_SECONDS` (its descriptors are then left to the exit)."""
-        self._closed = True  # no listener is started after this
-        locked = self._lock.acquire(timeout=CLOSE_WAIT_SECONDS)
-        try:
-            monitor, self._monitor = self._monitor, None
-            if locked:
-                for plan in self._plans.values():
-                    self._close_plan(plan)
-                self._plans.clear()
-            else:
-                log.warning(
-                    "rdma collection still running (a sysfs read does not return); "
-                    "not waiting for it",
-                    extra={"root": self.root},
-                )
-        finally:
-            if locked:
-                self._lock.release()
-        if monitor is not None:
-            monitor.close()
-
-    # -- layout cache ----------------------------------------------------------------------
-    def _refresh_plans(self) -> None:
-        try:
-            names = os.listdir(self.root)
-        except FileNotFoundError:
-            names = []
-        except OSError as exc:
-            self._report(self.root, "cannot list RDMA devices", exc)
-            names = []
-        now = self.clock()
-        current = set(names)
-        for gone in [n for n in self._plans if n not in current]:
-            self.bad.info(("gone", gone), "RDMA device disappeared", device=gone)
-            self._close_plan(self._plans.pop(gone))
-        # Folders' (inode, mtime) show files added, removed or replaced (a tree of plain files;
-        # on sysfs a removed device's files also answer ENODEV): checked at most once a second.
-        check = now - self._layout_checked >= self.layout_check_interval
-        if check:
-            self._layout_checked = now
-        changed = False
-        for name in names:
-            plan = self._plans.get(name)
-            if (
-                plan is not None
-                and not plan.stale
-                and now - plan.scanned_at < self.rescan_interval
-                and not (check and any(_signature(path) != sig for path, sig in plan.watch))
-            ):
-                continue
-            if plan is not None:
-                self._close_plan(plan)
-            fresh = self._scan_device(name, now, plan)
-            changed = True
-            if fresh is None:
-                self._plans.pop(name, None)
-            else:
-                self._plans[name] = fresh
-                self.bad.clear(("gone", name))
-        if changed:
-            self._plans = dict(sorted(self._plans.items()))
-
-    def _close_plan(self, plan: _DevicePlan) -> None:
-        for port in plan.ports:
-            for slot in port.slots:
-                if slot.fd >= 0:
-                    with contextlib.suppress(OSError):
-                        os.close(slot.fd)
-                    slot.fd = -1
-                    self._open_fds -= 1
-
-    def _open_slot(self, slot: _Slot) -> None:
-        if self._open_fds >= self.fd_budget:
-            return
-        try:
-            slot.fd = os.open(slot.path, _OPEN_FLAGS)
-        except OSError:
-            return  # read per scrape; the error (if it persists) is reported then
-        self._open_fds += 1
-
-    def _scan_device(
-        self, name: str, now: float, previous: _DevicePlan | None
-    ) -> _DevicePlan | None:
-        path = os.path.join(self.root, name)
-        ports_path = os.path.join(path, "ports")
-        watch = [(ports_path, _signature(ports_path))]
-        try:
-            port_names = sorted((p for p in os.listdir(ports_path) if p.isdigit()), key=int)
-        except OSError as exc:
-            if exc.errno in _VANISHED:
-                if os.path.isdir(path):
-                    self.bad.info(ports_path, "RDMA device without ports", path=ports_path)
-                return None
-            self._report(ports_path, "cannot list ports", exc)
-            return None
-        attrs = [
-            _read_text(os.path.join(path, a))
-            for a in ("fw_ver", "board_id", "hca_type", "node_guid")
-        ]
-        info = dict(zip(DEVICE_INFO.labels, (name, *attrs), strict=True))
-        device_net = self._device_netdevs(path)
-        last = {
-            slot.path: slot.last
-            for port in (previous.ports if previous is not None else ())
-            for slot in port.slots
-        }
-        ports = []
-        for port in port_names:
-            port_path = os.path.join(ports_path, port)
-            plan = self._scan_port(name, port, port_path, len(port_names), device_net)
-            for slot in plan.slots:
-                slot.last = last.get(slot.path)
-                self._open_slot(slot)
-            ports.append(plan)
-            watch.append((port_path, _signature(port_path)))
-            for folder in ("counters", "counters_ext", "hw_counters"):
-                folder_path = os.path.join(port_path, folder)
-                if os.path.isdir(folder_path):
-                    watch.append((folder_path, _signature(folder_path)))
-        return _DevicePlan(info=info, ports=ports, watch=watch, scanned_at=now)
-
-    @staticmethod
-    def _scan_port(
-        device: str, port: str, path: str, nports: int, device_net: dict[str, int | None]
-    ) -> _PortPlan:
-        labels = {"device": device, "port": port}
-        info = {**labels, "link_layer": _read_text(os.path.join(path, "link_layer"))}
-        others = [
-            _Slot(os.path.join(path, "state"), _STATE, PORT_STATE, labels),
-            _Slot(os.path.join(path, "phys_state"), _PHYS_STATE, PORT_PHYSICAL_STATE, labels),
-            _Slot(os.path.join(path, "rate"), _RATE, PORT_RATE, labels),
-        ]
-        slots: list[_Slot] = []
-        for folder, known, other in (
-            ("counters", COUNTERS, PORT_COUNTER),
-            ("counters_ext", COUNTERS_EXT, LEGACY_COUNTER),
-        ):
-            folder_path = os.path.join(path, folder)
-            for file in _list_files(folder_path):
-                file_path = os.path.join(folder_path, file)
-                metric_scale = known.get(file)
-                if metric_scale is None:
-                    slots.append(_Slot(file_path, _COUNTER, other, {**labels, "counter": file}))
-                else:
-                    metric, scale = metric_scale
-                    slots.append(_Slot(file_path, _COUNTER, metric, labels, scale))
-        hw_path = os.path.join(path, "hw_counters")
-        for file in _list_files(hw_path):
-            file_path = os.path.join(hw_path, file)
-            if file == HW_LIFESPAN:
-                others.append(_Slot(file_path, _LIFESPAN, HW_COUNTERS_LIFESPAN, labels))
-            else:
-                slots.append(_Slot(file_path, _COUNTER, HW_COUNTER, {**labels, "counter": file}))
-        ndevs_path = os.path.join(path, "gid_attrs", "ndevs")
-        gid_ndevs = [
-            raw
-            for n in _list_files(ndevs_path)
-            if (raw := _try_read(os.path.join(ndevs_path, n))) is not None
-        ]
-        return _PortPlan(
-            path=path,
-            labels=labels,
-            info=info,
-            others=others,
-            counters=slots,
-            netdevs=port_netdevs(int(port), nports, gid_ndevs, device_net),
-        )
-
-    @staticmethod
-    def _device_netdevs(path: str) -> dict[str, int | None]:
-        """`<device>/device/net/*` (and `<device>/net/*`): netdev → 0-based dev_port."""
-        found: dict[str, int | None] = {}
-        for folder in (os.path.join(path, "device", "net"), os.path.join(path, "net")):
-            try:
-                names = sorted(os.listdir(folder))
-            except OSError:
-                continue
-            for netdev in names:
-                dev_port = None
-                for attr in ("dev_port", "dev_id"):
-                    raw = _try_read(os.path.join(folder, netdev, attr))
-                    if raw is not None:
-                        dev_port = parse_dev_port(raw)
-                        if dev_port is not None:
-                            break
-                found.setdefault(netdev, dev_port)
-        return found
-
-    # -- one scrape ------------------------------------------------------------------------
-    def _collect_port(self, port: _PortPlan, out: _Samples) -> bool:
-        """Read one port's files into `out`; False when a file vanished (re-scan needed)."""
-        buckets = out.buckets
-        bad_paths = self._bad_paths
-        errors: list[tuple[str, OSError]] = []
-        out.add(PORT_INFO, port.info, 1.0)
-        for slot, raw in zip(port.others, _read_all(port.others, errors), strict=True):
-            if raw is None:
-                continue
-            value = self._parse_other(slot, raw)
-            if value is not None:
-                buckets[slot.index].append(Sample(slot.name, slot.labels, value))
-        # The bulk: counters/, counters_ext/ and hw_counters/ files.
-        for slot, raw in zip(port.counters, _read_all(port.counters, errors), strict=True):
-            if raw is None:
-                continue
-            count = parse_counter(raw)
-            if count is None:
-                if not is_not_available(raw):  # "N/A (no PMA)": no value, not an error
-                    self._bad_value(slot.path, raw, "not a counter")
-                continue
-            last = slot.last
-            slot.last = count
-            if last is not None and count < last:
-                self._backwards(slot.path, last, count)
-            buckets[slot.index].append(Sample(slot.name, slot.labels, count * slot.scale))
-            if bad_paths and slot.path in bad_paths:
-                self._mark_good(slot.path)
-        if not errors:
-            return True
-        intact = True
-        for path, error in errors:
-            if error.errno in _VANISHED:
-                intact = False
-                if not os.path.isdir(port.path):
-                    self.bad.info(port.path, "RDMA port disappeared", path=port.path)
-                    break
-                self.bad.info(path, "file disappeared", path=path)
-            else:
-                self._report(path, "cannot read", error)
-        return intact
-
-    def _parse_other(self, slot: _Slot, raw: bytes) -> float | None:
-        """state, phys_state, rate, hw_counters/lifespan → the sample value (None: bad)."""
-        value: float | None
-        if slot.kind == _RATE:
-            value = parse_rate(raw)
-            what = "not '<n> Gb/sec (...)'"
-        elif slot.kind == _LIFESPAN:
-            count = parse_counter(raw)
-            value = None if count is None else count / 1000.0
-            what = "not a number of milliseconds"
-        else:
-            state = parse_state(raw)
-            value = None if state is None else state.id
-            what = "not '<id>: <name>'"
-        if value is None:
-            self._bad_value(slot.path, raw, what)
-        elif self._bad_paths and slot.path in self._bad_paths:
-            self._mark_good(slot.path)
-        return value
-
-    def _bad_value(self, path: str, raw: bytes, what: str) -> None:
-        self._mark_bad(path)
-        self.bad.warning(path, "unexpected content", path=path, reason=f"{what}: {preview(raw)}")
-
-    def _backwards(self, path: str, last: int, value: int) -> None:
-        self.bad.info(
-            ("backwards", path),
-            "counter went backwards (reset, driver reload or wrap); exported as read",
-            path=path,
-            previous=last,
-            value=value,
-        )
-
-    def _report(self, path: str, msg: str, exc: OSError) -> None:
-        self._mark_bad(path)
-        level = logging.INFO if exc.errno in _UNSUPPORTED else logging.WARNING
-        self.bad.log(level, path, msg, path=path, err=exc.strerror or str(exc))
-
-    def _mark_bad(self, path: str) -> None:
-        if len(self._bad_paths) < 10_000:
-            self._bad_paths.add(path)
-
-    def _mark_good(self, path: str) -> None:
-        """A file reported bad reads well again: report it anew when it next goes bad."""
-        self._bad_paths.discard(path)
-        self.bad.clear(path)
-
-    # -- netdevs ---------------------------------------------------------------------------
-    def _ensure_monitor(self) -> LinkMonitor | None:
-        if not self.netlink or self._closed:
-            return None
-        if self._monitor is None and any(p.netdevs for d in self._plans.values() for p in d.ports):
-            self._monitor = self.monitor_factory()
-            self._monitor.start()
-        return self._monitor
-
-    def _collect_netdevs(self, out: _Samples) -> None:
-        targets = [
-            (port.labels, netdev)
-            for plan in self._plans.values()
-            for port in plan.ports
-            for netdev in port.netdevs
-        ]
-        monitor = self._ensure_monitor() if targets else self._monitor
-        if monitor is None:
-            return
-        if not monitor.connected and monitor.connects == 0 and monitor.failures == 0:
-            monitor.wait_connected(1.0)  # just started: not a reason to skip the first scrape
-        out.add(NETLINK_UP, {}, 1.0 if monitor.connected else 0.0)
-        out.add(NETLINK_ERRORS, {}, monitor.failures)
-        if not targets:
-            return
-        try:
-            links = monitor.query(netdev for _, netdev in targets)
-        except NetlinkUnavailableError as exc:
-            self.bad.warning(
-                "netlink",
-                "netlink unavailable: netdev metrics skipped, sysfs counters still exported",
-                err=exc.strerror or str(exc),
-            )
-            return
-        if self.bad.reported("netlink"):
-            self.bad.clear("netlink")
-            log.info("netlink available again")
-        flaps = monitor.flaps.totals()
-        for port_labels, netdev in targets:
-            link = links.get(netdev)
-            if link is None:
-                self.bad.info(("netdev", netdev), "netdev of an RDMA port not found", netdev=netdev)
-                continue
-            self.bad.clear(("netdev", netdev))
-            labels = {**port_labels, "netdev": netdev}
-            out.add(NETDEV_INFO, {**labels, "operstate": link.operstate}, 1.0)
-            out.add(NETDEV_UP, labels, 1.0 if link.operstate == "UP" else 0.0)
-            if link.carrier is not None:
-                out.add(NETDEV_CARRIER, labels, float(link.carrier))
-            if link.carrier_changes is not None:
-                out.add(NETDEV_CARRIER_CHANGES, labels, link.carrier_changes)
-            out.add(NETDEV_LINK_FLAPS, labels, flaps.get(netdev, 0))
-            for field_name, value in link.stats.items():
-                metric = NETDEV_STATS.get(field_name)
-                if metric is not None:
-                    out.add(metric, labels, value)
+        self.source.close()
 
 
 def _options(group: argparse._ArgumentGroup) -> None:

@@ -18,11 +18,12 @@ from prometheus_client.metrics_core import Metric
 
 from hpcobs.exporters.collectors import discover, rdma
 from hpcobs.exporters.collectors.rdma import SPEC, RdmaCollector
-from hpcobs.exporters.netlink import FlapCounter, Link, NetlinkUnavailableError
 from hpcobs.exporters.runtime.app import build_parser
 from hpcobs.exporters.runtime.cli import parse_args
 from hpcobs.exporters.runtime.collector import Services
 from hpcobs.exporters.runtime.scrape import ScrapeCoordinator
+from hpcobs.exporters.sources import rdma as rdma_source
+from hpcobs.exporters.sources.netlink import FlapCounter, Link, NetlinkUnavailableError
 
 from harness.collectors import wait_until
 from harness.rdma import tree_builder
@@ -258,12 +259,12 @@ def test_layout_is_rechecked_at_most_once_a_second_and_rescanned_every_minute(
     # a change no folder shows (a GID's netdev): picked up by the periodic rescan
     (ndevs / "0").write_text("eth9\n")
     now[0] += 30
-    assert collector._plans["mlx5_0"].ports[0].netdevs == ("eth8",)
+    assert collector.source._plans["mlx5_0"].ports[0].netdevs == ("eth8",)
     collector.collect()
-    assert collector._plans["mlx5_0"].ports[0].netdevs == ("eth8",)
+    assert collector.source._plans["mlx5_0"].ports[0].netdevs == ("eth8",)
     now[0] += 31
     collector.collect()
-    assert collector._plans["mlx5_0"].ports[0].netdevs == ("eth9",)
+    assert collector.source._plans["mlx5_0"].ports[0].netdevs == ("eth9",)
 
 
 def test_roce_netdevs_from_gid_attrs(tmp_path: Path, collectors: list[RdmaCollector]) -> None:
@@ -453,7 +454,7 @@ def test_device_vanishing_in_the_middle_of_a_read(
 ) -> None:
     tree = trees.build_tree(tmp_path / "sys", hcas=2, ports=2)
     collector = make(collectors, tree.sysfs, max_open_files=0)  # every read opens the file
-    real_read: Callable[[str], bytes] = rdma._read
+    real_read: Callable[[str], bytes] = rdma_source._read
     reads = 0
 
     def unplug_mid_scrape(path: str) -> bytes:
@@ -463,7 +464,7 @@ def test_device_vanishing_in_the_middle_of_a_read(
             shutil.rmtree(tree.ib("mlx5_0"))
         return real_read(path)
 
-    monkeypatch.setattr(rdma, "_read", unplug_mid_scrape)
+    monkeypatch.setattr(rdma_source, "_read", unplug_mid_scrape)
     with caplog.at_level(logging.INFO, logger="hpcobs.rdma"):
         got = samples(collector.collect())
     assert reads >= 70
@@ -481,7 +482,7 @@ def test_vanished_files_of_a_removed_device_answer_enodev(
     tree = trees.build_tree(tmp_path / "sys", hcas=2, ports=1)
     collector = make(collectors, tree.sysfs)
     collector.collect()
-    gone = {s.fd for p in collector._plans["mlx5_0"].ports for s in p.slots}
+    gone = {s.fd for p in collector.source._plans["mlx5_0"].ports for s in p.slots}
     real_pread = os.pread
 
     def pread(fd: int, n: int, offset: int) -> bytes:
@@ -493,7 +494,7 @@ def test_vanished_files_of_a_removed_device_answer_enodev(
     got = samples(collector.collect())  # the device's files fail, the other device reads
     assert key("hpcobs_rdma_port_state", device="mlx5_1", port="1") in got
     assert key("hpcobs_rdma_port_state", device="mlx5_0", port="1") not in got
-    assert collector._plans["mlx5_0"].stale  # re-listed (and re-opened) next scrape
+    assert collector.source._plans["mlx5_0"].stale  # re-listed (and re-opened) next scrape
     monkeypatch.setattr(os, "pread", real_pread)
     got = samples(collector.collect())
     assert key("hpcobs_rdma_port_state", device="mlx5_0", port="1") in got
@@ -614,7 +615,7 @@ def test_construction_reads_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         collector = SPEC.factory(ns := argparse.Namespace(path_sysfs=str(tree.sysfs)), Services(ns))
     try:
         assert isinstance(collector, RdmaCollector)
-        assert collector._plans == {} and collector._monitor is None
+        assert collector.source._plans == {} and collector._monitor is None
     finally:
         collector.close()
 
@@ -627,7 +628,7 @@ def test_close_does_not_wait_for_a_hung_collection(tmp_path: Path) -> None:
         collector = construct_within(5.0, tree.sysfs, netlink=False)
         thread = threading.Thread(target=lambda: list(collector.collect()), daemon=True)
         thread.start()
-        assert wait_until(lambda: collector._lock.locked())
+        assert wait_until(lambda: collector.source._lock.locked())
         closing = threading.Thread(target=collector.close, daemon=True)
         closing.start()
         closing.join(rdma.CLOSE_WAIT_SECONDS + 10)
@@ -659,14 +660,14 @@ def test_spec_is_discovered_with_its_flags(tmp_path: Path) -> None:
     collector = SPEC.factory(args, Services(args))
     try:
         assert isinstance(collector, RdmaCollector)
-        assert collector.root == os.path.join(str(tmp_path), "class", "infiniband")
-        assert collector.netlink is False
-        assert collector.rescan_interval == 300
+        assert collector.source.root == os.path.join(str(tmp_path), "class", "infiniband")
+        assert collector.source.netlink is False
+        assert collector.source.rescan_interval == 300
     finally:
         collector.close()
     defaults = SPEC.factory(ns := argparse.Namespace(path_sysfs=str(tmp_path)), Services(ns))
     try:
-        assert isinstance(defaults, RdmaCollector) and defaults.netlink is True
+        assert isinstance(defaults, RdmaCollector) and defaults.source.netlink is True
     finally:
         defaults.close()
 

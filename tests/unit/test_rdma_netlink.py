@@ -1,4 +1,4 @@
-"""The rtnetlink helper (exporters/netlink.py): message decoding, flap counting, the listener's
+"""The rtnetlink helper (exporters/sources/netlink.py): message decoding, flap counting, the listener's
 reconnects and shutdown, against a fake pyroute2 socket (the real kernel path is in
 tests/real/test_rdma_netns.py)."""
 
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hpcobs.exporters.netlink import (
+from hpcobs.exporters.sources.netlink import (
     STATS64_FIELDS,
     FlapCounter,
     Link,

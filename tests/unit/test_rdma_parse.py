@@ -11,6 +11,7 @@ from hpcobs.exporters.parse.infiniband import (
     PortState,
     is_not_available,
     parse_counter,
+    parse_counters,
     parse_dev_port,
     parse_netdev_name,
     parse_rate,
@@ -44,6 +45,33 @@ pytestmark = pytest.mark.unit
 )
 def test_parse_counter(raw: bytes, expected: int | None) -> None:
     assert parse_counter(raw) == expected
+
+
+_COUNTERISH = st.one_of(
+    st.binary(max_size=24),
+    st.integers(min_value=0, max_value=2**70).map(lambda n: b"%d\n" % n),
+    st.sampled_from([b"\n", b"", b"0012\n", b"1\n2\n", b"\n\n7", b"1_0\n", b"N/A (no PMA)\n"]),
+)
+
+
+@given(st.lists(_COUNTERISH, max_size=12))
+@example([b"18446744073709551616\n"])  # above u64
+@example([b"000000000000000000001"])  # 21 digits: not a counter for parse_counter either
+def test_parse_counters_is_parse_counter_of_each_or_none(raws: list[bytes]) -> None:
+    """The batch parser gives what `parse_counter` gives each file, or `None` (the caller then
+    parses them one by one): never a different value."""
+    each = [parse_counter(raw) for raw in raws]
+    got = parse_counters(raws)
+    if got is not None:
+        assert got == each
+    if None in each:
+        assert got is None
+
+
+@given(st.lists(st.integers(min_value=0, max_value=10**19 - 1), max_size=60))
+def test_parse_counters_takes_the_common_case(values: list[int]) -> None:
+    """Files the kernel writes (`"<decimal>\n"`, up to 19 digits): parsed in one batch."""
+    assert parse_counters([b"%d\n" % v for v in values]) == values
 
 
 def test_not_available_is_recognised() -> None:
