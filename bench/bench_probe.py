@@ -17,6 +17,12 @@ compiled raw and corrected figures and of the Python corrected ones.
 Targets (from issue 8), checked on the default (compiled) timer: corrected 8 B allreduce
 ≤ 1.25 × C; ≥ 64 KiB ≤ 1.05 × C.
 
+Then the pairwise phase (issue 18): the probe's 8-byte one-way ping-pong latency (2 ranks,
+`--ops barrier`, so the run is nearly all pairwise) with each timer, raw and corrected,
+next to bench/c/mpi_pingpong.c (MPI_Send/MPI_Recv, every round trip timed with MPI_Wtime, the
+same iteration count), best p50 of the same number of rounds. Target, compiled loop:
+corrected ≤ 1.25 × C (as for the 8 B allreduce).
+
 Environment: HPCOBS_BENCH_PROBE_RANKS (default 2), HPCOBS_BENCH_PROBE_ROUNDS (default 8),
 HPCOBS_BENCH_PROBE_BUDGET (probe --budget-seconds per round, default 2),
 HPCOBS_BENCH_PROBE_OPS (default all six).
@@ -38,11 +44,14 @@ from hpcobs.exporters.probe.model import OPS
 
 HERE = Path(__file__).resolve().parent
 C_SOURCE = HERE / "c" / "mpi_collectives.c"
+PINGPONG_SOURCE = HERE / "c" / "mpi_pingpong.c"
 VENV_BIN = Path(sys.executable).parent
 SMALL_TARGET = 1.25  # corrected 8 B allreduce / C
 LARGE_TARGET = 1.05  # corrected ≥ 64 KiB / C
 LARGE_FROM = 64 << 10
 BATCH_SECONDS = 20e-6  # C batch: cells under this per call run in batches this long
+PAIR_TARGET = 1.25  # corrected 8 B one-way ping-pong / C
+PAIR_COLUMNS = ("C", "compiled raw", "compiled corr", "python raw", "python corr")
 
 Cell = tuple[str, int]
 COLUMNS = ("C iter", "C batch", "compiled raw", "compiled corr", "python raw", "python corr")
@@ -58,12 +67,12 @@ def _mpirun(ranks: int) -> list[str]:
     return cmd
 
 
-def compile_reference(workdir: Path) -> Path:
+def compile_reference(workdir: Path, source: Path = C_SOURCE) -> Path:
     mpicc = shutil.which("mpicc")
     if mpicc is None:
         raise RuntimeError("mpicc not found (Debian: libopenmpi-dev)")
-    binary = workdir / "mpi_collectives"
-    subprocess.run([mpicc, "-O2", "-o", str(binary), str(C_SOURCE)], check=True)
+    binary = workdir / source.stem
+    subprocess.run([mpicc, "-O2", "-o", str(binary), str(source)], check=True)
     return binary
 
 
@@ -122,6 +131,65 @@ def run_probe(
     return raw, corrected, len(doc["collectives"])
 
 
+def run_probe_pairwise(timer: str) -> tuple[float, float, int]:
+    """(raw p50, corrected p50, iterations) of the 8-byte one-way latency of a 2-rank run."""
+    cmd = [
+        *_mpirun(2),
+        str(VENV_BIN / "hpcobs-mpi-probe"),
+        "--json",
+        "--timer",
+        timer,
+        "--ops",
+        "barrier",
+        "--budget-seconds",
+        "1",
+        "--timeout",
+        "60",
+    ]
+    proc = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
+    doc = json.loads(proc.stdout)
+    if doc["timer"] != timer:
+        raise RuntimeError(f"asked for --timer {timer}, the probe timed with {doc['timer']}")
+    [pair] = doc["pairwise"]["pairs"]
+    return pair["latency_raw_seconds"]["p50"], pair["latency_seconds"]["p50"], pair["iterations"]
+
+
+def run_c_pingpong(binary: Path, iterations: int) -> float:
+    """p50 one-way latency of the C ping-pong, with the probe's warm-up (10 round trips)."""
+    cmd = [*_mpirun(2), str(binary), "-n", str(iterations), "-w", "10", "-s", "8"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
+    _name, _size, _iters, _lo, p50, _p99, _hi = out.split()
+    return float(p50)
+
+
+def pairwise(rounds: int, workdir: Path) -> tuple[list[str], list[str]]:
+    """(the pairwise table's lines, the targets missed)."""
+    binary = compile_reference(workdir, PINGPONG_SOURCE)
+    best: dict[str, float] = {}
+
+    def keep(column: str, value: float) -> None:
+        best[column] = min(value, best.get(column, value))
+
+    for number in range(1, rounds + 1):
+        iterations = 0
+        for timer in ("compiled", "python"):
+            raw, corrected, iterations = run_probe_pairwise(timer)
+            keep(f"{timer} raw", raw)
+            keep(f"{timer} corr", corrected)
+        keep("C", run_c_pingpong(binary, iterations))
+        print(f"pairwise round {number}/{rounds} done")
+    ratio = best["compiled corr"] / best["C"]
+    lines = [
+        f"\nmpirun -n 2, pairwise phase: 8-byte one-way latency, best p50 of {rounds} rounds, µs",
+        "".join(f"{c:>15}" for c in PAIR_COLUMNS) + f"{'raw/C':>7}{'corr/C':>7}{'py/C':>7}",
+        "".join(f"{best[c] * 1e6:15.3f}" for c in PAIR_COLUMNS)
+        + f"{best['compiled raw'] / best['C']:7.2f}{ratio:7.2f}"
+        + f"{best['python corr'] / best['C']:7.2f}  target ≤ {PAIR_TARGET}",
+    ]
+    missed = [f"pairwise 8 B: {ratio:.2f} × C > {PAIR_TARGET}"] if ratio > PAIR_TARGET else []
+    return lines, missed
+
+
 def _best(into: dict[Cell, float], new: dict[Cell, float]) -> None:
     for cell, value in new.items():
         into[cell] = min(value, into.get(cell, value))
@@ -147,6 +215,7 @@ def main() -> None:
             _best(best["C iter"], run_c(binary, ranks, ops, cell_budget, 0.0))
             _best(best["C batch"], run_c(binary, ranks, ops, cell_budget, BATCH_SECONDS))
             print(f"round {number}/{rounds} done ({time.monotonic() - started:.0f} s)")
+        pair_lines, pair_failures = pairwise(rounds, Path(tmp))
 
     print(
         f"\nmpirun -n {ranks}, best p50 of {rounds} rounds, µs per call. The probe times with"
@@ -180,6 +249,8 @@ def main() -> None:
                 + "".join(f"{best[c][cell] * 1e6:14.3f}" for c in COLUMNS)
                 + f"{raw_ratio:7.2f}{ratio:7.2f}{py_ratio:7.2f}{mark}"
             )
+    print("\n".join(pair_lines))
+    failures += pair_failures
     if failures:
         print("targets missed (compiled loop):\n  " + "\n  ".join(failures))
     else:

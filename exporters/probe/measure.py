@@ -20,9 +20,14 @@ correction in step with the machine (clock frequency, neighbours).
 Pairwise. The node leaders (see `topology`) meet in round-robin rounds; in each round every
 pair runs an 8-byte ping-pong (latency: half the round trip) and a `--pairwise.bytes`
 ping-pong (bandwidth), with the lower rank deciding the iteration count and telling its
-partner. Ranks without a partner wait in a non-blocking barrier that sleeps between tests,
-so they do not steal CPU from the pairs being measured. Pair figures are not
-overhead-corrected: they are for comparing pairs and nodes with each other.
+partner. The ping-pongs run in the same timing loop as the collectives (compiled where built:
+nothing between the calls but the clock reads on the timing side, and nothing at all on the
+answering side). The lower rank times each round trip and, right before the timed loop,
+calibrates the same loop around the same Send and Recv to `MPI_PROC_NULL` (MPI returns at
+once); corrected round trips are the raw ones minus that overhead, floored at zero, and the
+one-way latency is half of that. Ranks without a partner wait in a non-blocking barrier that
+sleeps between tests, so they do not steal CPU from the pairs being measured. Per node, the
+pairs' figures are summarised by `stats.node_latencies` (the fabric heatmap's metric).
 
 numpy and mpi4py are imported inside the functions: this module is importable (for the
 metrics catalogue) without the `probe` extra and without initialising MPI.
@@ -42,14 +47,16 @@ from typing import TYPE_CHECKING, Any
 from hpcobs.exporters.probe.model import CollectiveResult, PairResult, ProbeResult
 from hpcobs.exporters.probe.stats import (
     PairLatency,
+    PairSummary,
     median,
+    node_latencies,
     node_scores,
     plan_iterations,
     slowness_ratios,
     summarize,
     worst_pairs,
 )
-from hpcobs.exporters.probe.timedloop import Call, Timer, choose
+from hpcobs.exporters.probe.timedloop import Call, PythonTimer, Timer, choose
 from hpcobs.exporters.probe.topology import (
     Identities,
     IdentityMode,
@@ -91,7 +98,8 @@ class Plan:
 class Hooks:
     """Fault injection for tests, from the environment (never set in production).
 
-    HPCOBS_PROBE_TEST_SLOW_RANK=r      rank r sleeps in every pairwise ping-pong
+    HPCOBS_PROBE_TEST_SLOW_RANK=r      rank r sleeps in every pairwise ping-pong (timed in
+                                       Python: the sleep runs between the MPI calls)
     HPCOBS_PROBE_TEST_SLOW_SECONDS=s   … for s seconds (default 0.001)
     HPCOBS_PROBE_TEST_EXIT_RANK=r      rank r leaves the probe when the pairwise phase starts
     HPCOBS_PROBE_TEST_STALL_RANK=r     rank r stops responding when the pairwise phase starts
@@ -256,7 +264,11 @@ class Prober:
         """This rank's per-call overhead for `op` now: the lowest median of a few batches of
         the no-op loop. Run right before each cell's timed loop, so the correction follows
         the machine's state (frequency, noisy neighbours) through the run."""
-        call = self.noop_call(op)
+        return self._overhead(self.noop_call(op), iterations, batches)
+
+    @staticmethod
+    def _overhead(call: Call, iterations: int = 500, batches: int = 3) -> float:
+        """The lowest median of a few batches of a no-op call's timed loop (after a warm-up)."""
         call.run(iterations // 5)
         return min(median(call.run(iterations)) for _ in range(batches))
 
@@ -287,60 +299,59 @@ class Prober:
         per_cell = budget / max(1, len(self.cells))
         return [self.measure_cell(op, size, per_cell) for op, size in self.cells]
 
-    def _pingpong(self, peer: int, buf: Any, n: int, tag: int, delay: float) -> list[float]:
-        send, recv, pc, sleep = self.comm.Send, self.comm.Recv, time.perf_counter, time.sleep
-        out = [0.0] * n
-        for i in range(n):
-            t0 = pc()
-            if delay:
-                sleep(delay)
-            send(buf, peer, tag)
-            recv(buf, peer, tag)
-            out[i] = pc() - t0
-        return out
+    def _pair_timer(self, delay: float) -> Timer:
+        """The run's timer; Python's where the slow-rank test hook must sleep between calls."""
+        return PythonTimer(self.MPI) if delay else self.timer
 
-    def _respond(self, peer: int, buf: Any, n: int, tag: int, delay: float) -> None:
-        send, recv, sleep = self.comm.Send, self.comm.Recv, time.sleep
-        for _ in range(n):
-            recv(buf, peer, tag)
-            if delay:
-                sleep(delay)
-            send(buf, peer, tag)
+    def _initiate_pair(
+        self, peer: int, budget: float, small: Any, big: Any
+    ) -> tuple[list[float], list[float], float, float, int]:
+        """Lower rank of a pair: decide counts, calibrate, time both ping-pongs.
 
-    def _initiate_pair(self, peer: int, budget: float, big: Any) -> tuple[list[float], float, int]:
-        """Lower rank of a pair: decide counts, time both ping-pongs."""
-        np = self.np
+        Returns the raw and corrected one-way latencies (half of each round trip), the
+        calibrated overhead of one round trip, the bandwidth and the latency iterations.
+        """
         delay = self.hooks.slow_seconds if self.hooks.slow_rank == self.rank else 0.0
-        small = np.zeros(1, dtype=np.float64)
-        control = np.zeros(1, dtype=np.int64)
-        self._pingpong(peer, small, 5, TAG_LATENCY, delay)
-        probe = self._pingpong(peer, small, 5, TAG_LATENCY, delay)
-        n = plan_iterations(sum(probe) / len(probe), 0.4 * budget, 5, self.plan.iterations_max)
+        timer = self._pair_timer(delay)
+        control = self.np.zeros(1, dtype=self.np.int64)
+        ping = timer.pingpong(self.comm, small, small.nbytes, peer, TAG_LATENCY, delay=delay)
+        ping.run(5)
+        probe = ping.run(5)
+        n = plan_iterations(median(probe), 0.4 * budget, 5, self.plan.iterations_max)
         control[0] = n
         self.comm.Send(control, peer, TAG_CONTROL)
-        latency = [rtt / 2 for rtt in self._pingpong(peer, small, n, TAG_LATENCY, delay)]
+        noop = timer.pingpong(self.comm, small, small.nbytes, self.MPI.PROC_NULL, TAG_LATENCY)
+        overhead = self._overhead(noop)
+        rtts = ping.run(n)
+        raw = [rtt / 2 for rtt in rtts]
+        corrected = [max(0.0, rtt - overhead) / 2 for rtt in rtts]
 
-        self._pingpong(peer, big, 1, TAG_BANDWIDTH, delay)
-        probe = self._pingpong(peer, big, 2, TAG_BANDWIDTH, delay)
-        nb = plan_iterations(sum(probe) / len(probe), 0.4 * budget, 3, 1000)
+        ping = timer.pingpong(self.comm, big, big.nbytes, peer, TAG_BANDWIDTH, delay=delay)
+        ping.run(1)
+        probe = ping.run(2)
+        nb = plan_iterations(median(probe), 0.4 * budget, 3, 1000)
         control[0] = nb
         self.comm.Send(control, peer, TAG_CONTROL)
-        rtts = self._pingpong(peer, big, nb, TAG_BANDWIDTH, delay)
-        one_way = median(rtts) / 2
+        one_way = max(0.0, median(ping.run(nb)) - overhead) / 2
         bandwidth = big.nbytes / one_way if one_way > 0 else math.inf
-        return latency, bandwidth, n
+        return raw, corrected, overhead, bandwidth, n
 
-    def _answer_pair(self, peer: int, big: Any) -> None:
-        np = self.np
+    def _answer_pair(self, peer: int, small: Any, big: Any) -> None:
         delay = self.hooks.slow_seconds if self.hooks.slow_rank == self.rank else 0.0
-        small = np.zeros(1, dtype=np.float64)
-        control = np.zeros(1, dtype=np.int64)
-        self._respond(peer, small, 10, TAG_LATENCY, delay)
+        timer = self._pair_timer(delay)
+        control = self.np.zeros(1, dtype=self.np.int64)
+        pong = timer.pingpong(
+            self.comm, small, small.nbytes, peer, TAG_LATENCY, answer=True, delay=delay
+        )
+        pong.run(10)
         self.comm.Recv(control, peer, TAG_CONTROL)
-        self._respond(peer, small, int(control[0]), TAG_LATENCY, delay)
-        self._respond(peer, big, 3, TAG_BANDWIDTH, delay)
+        pong.run(int(control[0]))
+        pong = timer.pingpong(
+            self.comm, big, big.nbytes, peer, TAG_BANDWIDTH, answer=True, delay=delay
+        )
+        pong.run(3)
         self.comm.Recv(control, peer, TAG_CONTROL)
-        self._respond(peer, big, int(control[0]), TAG_BANDWIDTH, delay)
+        pong.run(int(control[0]))
 
     def pairwise(self, ident: Identities, budget: float) -> tuple[list[PairResult], int]:
         """Every pair of node leaders once, round by round; results on rank 0."""
@@ -348,6 +359,7 @@ class Prober:
         me = leaders.index(self.rank) if self.rank in leaders else None
         rounds = round_robin(len(leaders))
         per_round = budget / max(1, len(rounds))
+        small = data_buffer(8)
         big = data_buffer(self.plan.pairwise_bytes)
         mine: list[PairResult] = []
         self._phase("pairwise start")
@@ -363,21 +375,25 @@ class Prober:
             if other is not None:
                 peer = leaders[other]
                 if self.rank < peer:
-                    latency, bandwidth, n = self._initiate_pair(peer, per_round, big)
+                    raw, corrected, overhead, bandwidth, n = self._initiate_pair(
+                        peer, per_round, small, big
+                    )
                     mine.append(
                         PairResult(
                             node_a=ident.rank_nodes[self.rank],
                             node_b=ident.rank_nodes[peer],
                             rank_a=self.rank,
                             rank_b=peer,
-                            latency=summarize(latency),
+                            latency=summarize(corrected),
                             bandwidth_bytes_per_second=bandwidth,
                             message_bytes=self.plan.pairwise_bytes,
                             iterations=n,
+                            latency_raw=summarize(raw),
+                            overhead_seconds=overhead,
                         )
                     )
                 else:
-                    self._answer_pair(peer, big)
+                    self._answer_pair(peer, small, big)
             self._quiet_barrier()
         gathered = self.comm.gather(mine, root=0)
         pairs_out = [p for chunk in gathered or [] for p in chunk]
@@ -447,6 +463,7 @@ class Prober:
             collectives=results,
             pairs=pairs,
             node_slowness=slowness_ratios(node_scores(latencies)),
+            node_latency=node_latencies(PairSummary(p.node_a, p.node_b, p.latency) for p in pairs),
             worst_pairs=worst_results,
             pairwise_rounds=rounds,
             skipped_cells=list(self.skipped),

@@ -8,7 +8,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from hpcobs.exporters.probe.model import ProbeResult
-from hpcobs.exporters.probe.stats import STATS
+from hpcobs.exporters.probe.stats import NODE_STATS, STATS
 from hpcobs.exporters.probe.verdict import Verdict
 from hpcobs.exporters.runtime.metricdef import MetricDef
 
@@ -42,8 +42,8 @@ CALL_OVERHEAD = MetricDef(
 PAIR_LATENCY = MetricDef(
     "hpcobs_mpi_pair_latency_seconds",
     "gauge",
-    "Median one-way point-to-point latency (half an 8-byte ping-pong round trip) of the "
-    "slowest node pairs only (--pairwise.top-k).",
+    "Median one-way point-to-point latency (half an 8-byte ping-pong round trip, less the "
+    "timing loop's calibrated overhead) of the slowest node pairs only (--pairwise.top-k).",
     ("node_a", "node_b"),
 )
 PAIR_BANDWIDTH = MetricDef(
@@ -59,6 +59,15 @@ NODE_SLOWNESS = MetricDef(
     "A node's pairwise latency score (lower median over its pairs) divided by the median "
     "node's score: about 1 is typical, above 1 is slower than its peers.",
     ("node",),
+)
+NODE_LATENCY = MetricDef(
+    "hpcobs_mpi_node_latency_seconds",
+    "gauge",
+    "A node's one-way point-to-point latency over all its pairs in the pairwise phase "
+    "(8-byte ping-pong, corrected for the timing loop's calibrated overhead): stat p50 is "
+    "the lower median over its pairs of their p50, p99 the same of their p99, max its "
+    "slowest pair's p50. One series per node and stat.",
+    ("node", "stat"),
 )
 LAST_SUCCESS = MetricDef(
     "hpcobs_mpi_probe_last_success_timestamp_seconds",
@@ -92,6 +101,7 @@ METRICS = (
     PAIR_LATENCY,
     PAIR_BANDWIDTH,
     NODE_SLOWNESS,
+    NODE_LATENCY,
     LAST_SUCCESS,
     RANKS,
     NODES,
@@ -144,6 +154,11 @@ def families(result: ProbeResult, verdict: Verdict, top_k: int) -> Iterator[Metr
     for node, ratio in sorted(result.node_slowness.items()):
         slowness.add_metric([node], ratio)
     yield slowness
+    node_latency = NODE_LATENCY.gauge()
+    for node, figures in sorted(result.node_latency.items()):
+        for stat in NODE_STATS:
+            node_latency.add_metric([node, stat], figures.stat(stat))
+    yield node_latency
 
     for definition, value in (
         (LAST_SUCCESS, result.finished_unix),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hpcobs.exporters.probe.stats import Summary
+from hpcobs.exporters.probe.stats import NodeLatency, Summary
 
 OPS = ("allreduce", "bcast", "allgather", "alltoall", "reduce_scatter", "barrier")
 """Op label values: the lower-case MPI names."""
@@ -42,16 +42,23 @@ class CollectiveResult:
 
 @dataclass(frozen=True)
 class PairResult:
-    """Ping-pong between two nodes: one-way latency (half the round trip) and bandwidth."""
+    """Ping-pong between two nodes: one-way latency (half the round trip) and bandwidth.
+
+    `latency` is corrected: each round trip less `overhead_seconds` (the calibrated cost of
+    the timing loop around the same calls to MPI_PROC_NULL), floored at zero, then halved;
+    `latency_raw` is half of each round trip as timed.
+    """
 
     node_a: str
     node_b: str
     rank_a: int
     rank_b: int
-    latency: Summary  # seconds, per iteration
-    bandwidth_bytes_per_second: float  # message size over the p50 one-way time
+    latency: Summary  # seconds, per iteration, corrected
+    bandwidth_bytes_per_second: float  # message size over the corrected p50 one-way time
     message_bytes: int
     iterations: int
+    latency_raw: Summary
+    overhead_seconds: float  # per round trip
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +67,8 @@ class PairResult:
             "rank_a": self.rank_a,
             "rank_b": self.rank_b,
             "latency_seconds": self.latency.as_dict(),
+            "latency_raw_seconds": self.latency_raw.as_dict(),
+            "overhead_seconds": self.overhead_seconds,
             "bandwidth_bytes_per_second": self.bandwidth_bytes_per_second,
             "message_bytes": self.message_bytes,
             "iterations": self.iterations,
@@ -82,6 +91,7 @@ class ProbeResult:
     collectives: list[CollectiveResult] = field(default_factory=list)
     pairs: list[PairResult] = field(default_factory=list)
     node_slowness: dict[str, float] = field(default_factory=dict)
+    node_latency: dict[str, NodeLatency] = field(default_factory=dict)
     worst_pairs: list[PairResult] = field(default_factory=list)
     pairwise_rounds: int = 0
     skipped_cells: list[tuple[str, int]] = field(default_factory=list)  # buffers too large
@@ -127,5 +137,8 @@ class ProbeResult:
                 "pairs": [p.as_dict() for p in self.pairs],
                 "worst_pairs": [p.as_dict() for p in self.worst_pairs],
                 "node_slowness_ratio": self.node_slowness,
+                "node_latency_seconds": {
+                    node: summary.as_dict() for node, summary in self.node_latency.items()
+                },
             },
         }

@@ -45,6 +45,13 @@ def summary_lines(
             f"  calibration: {format_seconds(low)}–{format_seconds(high)} per call subtracted "
             f"(same {result.timer} timing loop around a no-op call on MPI_COMM_SELF)"
         )
+    if result.pairs:
+        low = min(p.overhead_seconds for p in result.pairs)
+        high = max(p.overhead_seconds for p in result.pairs)
+        lines.append(
+            f"  pairwise calibration: {format_seconds(low)}–{format_seconds(high)} per round "
+            f"trip subtracted (same {result.timer} timing loop around Send/Recv to MPI_PROC_NULL)"
+        )
     slowest = result.slowest_node()
     if slowest is not None and result.worst_pairs:
         node, ratio = slowest

@@ -8,6 +8,8 @@
 - `plan_iterations`: how many timed iterations fit a time budget.
 - `node_scores` / `slowness_ratios` / `worst_pairs`: from pairwise latencies to a per-node
   score, so one bad node stands out.
+- `node_latencies`: per node, `NODE_STATS` over its pairs' latency summaries (the fabric
+  heatmap's figures: one series per node and statistic, bounded by the node count).
 
 Everything here raises `ValueError` on input it cannot summarise (empty samples, NaN,
 negative times, ragged matrices) and nothing else.
@@ -20,6 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 STATS = ("min", "p50", "p99", "max")
+NODE_STATS = ("p50", "p99", "max")
+"""Per-node pairwise statistics (`node_latencies`)."""
 
 
 @dataclass(frozen=True)
@@ -184,3 +188,66 @@ def worst_pairs(pairs: Iterable[PairLatency], k: int) -> list[PairLatency]:
         raise ValueError("k must not be negative")
     ordered = sorted(pairs, key=lambda p: (-p.latency, p.node_a, p.node_b))
     return ordered[:k]
+
+
+@dataclass(frozen=True)
+class PairSummary:
+    """One pair of nodes and the summary of its one-way latencies in seconds."""
+
+    node_a: str
+    node_b: str
+    latency: Summary
+
+
+@dataclass(frozen=True)
+class NodeLatency:
+    """A node's one-way latency over all the pairs it belongs to, in seconds.
+
+    - `p50`: the lower median over its pairs of their p50: the node's typical latency (a bad
+      node makes all its pairs slow; one bad link is ignored once a node has ≥ 2 pairs). The
+      same figure as `node_scores`, behind `hpcobs_mpi_node_slowness_ratio`.
+    - `p99`: the lower median over its pairs of their p99: its typical tail (jitter).
+    - `max`: the highest p50 among its pairs: its worst link (a bad link shows at both ends).
+    """
+
+    p50: float
+    p99: float
+    max: float
+    pairs: int
+
+    def stat(self, name: str) -> float:
+        if name not in NODE_STATS:
+            raise ValueError(f"unknown node statistic {name!r}")
+        value: float = getattr(self, name)
+        return value
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: self.stat(name) for name in NODE_STATS}
+
+
+def node_latencies(pairs: Iterable[PairSummary]) -> dict[str, NodeLatency]:
+    """Per node (sorted by name), `NODE_STATS` over the pairs it belongs to.
+
+    One entry per node that appears in a pair, whatever the number of pairs: the metric built
+    from it has at most nodes × len(NODE_STATS) series.
+    """
+    p50s: dict[str, list[float]] = {}
+    p99s: dict[str, list[float]] = {}
+    for pair in pairs:
+        if pair.node_a == pair.node_b:
+            raise ValueError(f"a pair needs two different nodes, got {pair.node_a!r} twice")
+        p50, p99 = _checked([pair.latency.p50, pair.latency.p99])
+        if p50 < 0 or p99 < 0:
+            raise ValueError("latencies must not be negative")
+        for node in (pair.node_a, pair.node_b):
+            p50s.setdefault(node, []).append(p50)
+            p99s.setdefault(node, []).append(p99)
+    return {
+        node: NodeLatency(
+            p50=lower_median(p50s[node]),
+            p99=lower_median(p99s[node]),
+            max=max(p50s[node]),
+            pairs=len(p50s[node]),
+        )
+        for node in sorted(p50s)
+    }

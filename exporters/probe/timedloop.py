@@ -1,7 +1,9 @@
 """The probe's two timing loops: compiled (the default where built) and Python.
 
 Both time every call on its own and return one sample per call; `measure` uses whichever
-the run chose, for the collectives and for their no-op calibration alike.
+the run chose, for the collectives, the pairwise ping-pongs and their no-op calibrations
+alike. A ping-pong sample is one round trip (Send, then Recv) timed on the side that starts
+it; the answering side (Recv, then Send) runs the same loop untimed.
 
 - **python**: `perf_counter()` around one mpi4py call per iteration (numpy buffers, no
   pickling). Between two calls the interpreter and mpi4py's argument handling run for about
@@ -36,6 +38,7 @@ TIMER_CHOICES = ("auto", "compiled", "python")
 
 # the extension's call kinds (see _timedloop.c)
 KIND_BARRIER, KIND_BCAST, KIND_ALLREDUCE, KIND_EXCHANGE, KIND_REDUCE_SCATTER, KIND_TEST = range(6)
+KIND_PING, KIND_PONG = 6, 7
 
 _MPI_FUNCTIONS = {
     "barrier": ("MPI_Barrier", KIND_BARRIER),
@@ -82,6 +85,42 @@ class PythonCall:
 
 
 @dataclass(frozen=True)
+class PythonPingPong:
+    """One side of a ping-pong in mpi4py. The side that starts it (`answer=False`) times
+    each round trip: Send, then Recv. The answering side runs Recv, then Send, untimed
+    (zeros). `delay` (a test hook, never in production) sleeps once per round trip: inside
+    the timed window on the starting side, between the Recv and the Send on the other."""
+
+    send: Callable[..., Any]
+    recv: Callable[..., Any]
+    message: tuple[Any, Any]
+    peer: int
+    tag: int
+    answer: bool = False
+    delay: float = 0.0
+
+    def run(self, n: int) -> list[float]:
+        send, recv, message, peer, tag = self.send, self.recv, self.message, self.peer, self.tag
+        delay, sleep, pc = self.delay, time.sleep, time.perf_counter
+        out = [0.0] * n
+        if self.answer:
+            for _ in range(n):
+                recv(message, peer, tag)
+                if delay:
+                    sleep(delay)
+                send(message, peer, tag)
+            return out
+        for i in range(n):
+            t0 = pc()
+            if delay:
+                sleep(delay)
+            send(message, peer, tag)
+            recv(message, peer, tag)
+            out[i] = pc() - t0
+        return out
+
+
+@dataclass(frozen=True)
 class CompiledCall:
     """One MPI function bound to integer arguments, run by the extension."""
 
@@ -105,7 +144,7 @@ class CompiledCall:
         return list(out.tolist())
 
 
-Call = PythonCall | CompiledCall
+Call = PythonCall | PythonPingPong | CompiledCall
 
 
 class PythonTimer:
@@ -143,6 +182,22 @@ class PythonTimer:
             )
         raise ValueError(f"unknown op {op!r}")
 
+    def pingpong(
+        self,
+        comm: Any,
+        buf: Any,
+        nbytes: int,
+        peer: int,
+        tag: int,
+        *,
+        answer: bool = False,
+        delay: float = 0.0,
+    ) -> Call:
+        """One side of a ping-pong of `nbytes` bytes of `buf` with `peer` (MPI.PROC_NULL: the
+        no-op calibration, MPI returns at once)."""
+        message = self._spec(buf[:nbytes], self.MPI.BYTE)
+        return PythonPingPong(comm.Send, comm.Recv, message, peer, tag, answer, delay)
+
 
 class CompiledTimer:
     name: TimerName = "compiled"
@@ -157,6 +212,8 @@ class CompiledTimer:
         self.addresses = {
             op: self._address(library, name) for op, (name, _) in _MPI_FUNCTIONS.items()
         }
+        self.send_address = self._address(library, "MPI_Send")
+        self.recv_address = self._address(library, "MPI_Recv")
         self.byte, self.double, self.sum = (
             int(mpi._handleof(h)) for h in (mpi.BYTE, mpi.DOUBLE, mpi.SUM)
         )
@@ -207,8 +264,46 @@ class CompiledTimer:
             self.MPI.Exception,
         )
 
+    def pingpong(
+        self,
+        comm: Any,
+        buf: Any,
+        nbytes: int,
+        peer: int,
+        tag: int,
+        *,
+        answer: bool = False,
+        delay: float = 0.0,
+    ) -> Call:
+        """As PythonTimer.pingpong, run by the extension (kinds 6 and 7). MPI_Recv gets a
+        status of its own rather than MPI_STATUS_IGNORE, whose value is the library's."""
+        if delay:
+            raise ValueError("the compiled loop has no delay hook: time a slowed rank in Python")
+        if not 0 <= nbytes <= buf.nbytes:
+            raise ValueError(f"{nbytes} bytes do not fit a buffer of {buf.nbytes}")
+        status = self.MPI.Status()
+        args = (
+            int(buf.ctypes.data),
+            nbytes,
+            self.byte,
+            peer,
+            tag,
+            int(self.MPI._handleof(comm)),
+            self.recv_address,
+            int(self.MPI._addressof(status)),
+        )
+        return CompiledCall(
+            self.extension,
+            KIND_PONG if answer else KIND_PING,
+            self.handle_bytes,
+            self.send_address,
+            args,
+            (comm, buf, status),
+            self.MPI.Exception,
+        )
 
-# builds timed calls for one op: the real one, and the calibration no-op
+
+# builds timed calls: the collectives, the ping-pongs, and their calibration no-ops
 Timer = PythonTimer | CompiledTimer
 
 

@@ -28,12 +28,14 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from harness.servers import NodeExporterFactory, PrometheusFactory, Pushgateway, free_port
 
 pytestmark = pytest.mark.real
 
 PROBE = Path(sys.executable).parent / "hpcobs-mpi-probe"
+REPO = Path(__file__).resolve().parents[2]
 OPS = ("allreduce", "bcast", "allgather", "alltoall", "reduce_scatter", "barrier")
 SIZES = (8, 32, 128, 512, 2048, 8192, 32768, 131072, 524288, 2097152, 4194304)
 # a quick configuration for the tests that check outputs rather than numbers
@@ -137,6 +139,48 @@ def check_sane(doc: dict[str, Any], ranks: int) -> None:
     assert all(0 <= v < 1e-4 for v in overhead.values()), overhead
 
 
+def debug_panels() -> list[dict[str, Any]]:
+    doc = json.loads((REPO / "dashboards" / "hpcobs-debug.json").read_text())
+    panels: list[dict[str, Any]] = doc["panels"]
+    return panels
+
+
+def check_pairs(doc: dict[str, Any], compiled_pairs: int | None = None) -> None:
+    """Every pair overhead-corrected: corrected = raw − overhead / 2 (one way), the overhead
+    that of the pair's timing loop; `compiled_pairs` of them timed by the compiled loop (its
+    calibrated overhead is a few tens of ns a round trip, Python's several hundred)."""
+    pairs = doc["pairwise"]["pairs"]
+    assert pairs
+    for pair in pairs:
+        raw, corrected = pair["latency_raw_seconds"], pair["latency_seconds"]
+        overhead = pair["overhead_seconds"]
+        assert 0 < overhead < 20e-6, pair
+        assert 0 < raw["min"] <= raw["p50"] <= raw["p99"] <= raw["max"] < 1, pair
+        assert 0 <= corrected["min"] <= corrected["p50"] <= corrected["p99"] <= corrected["max"]
+        if raw["min"] > overhead / 2:  # no sample floored at zero: an exact shift
+            for stat in ("min", "p50", "p99", "max"):
+                assert corrected[stat] == pytest.approx(raw[stat] - overhead / 2, rel=1e-9)
+    if compiled_pairs is not None:
+        fast = [p for p in pairs if p["overhead_seconds"] < 0.25e-6]
+        assert len(fast) == compiled_pairs, [p["overhead_seconds"] for p in pairs]
+
+
+def check_node_latency(doc: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """One entry per node, from its pairs: p50 the lower median, max the highest p50."""
+    per_node: dict[str, dict[str, float]] = doc["pairwise"]["node_latency_seconds"]
+    assert set(per_node) == set(doc["nodes"])
+    for node, figures in per_node.items():
+        assert set(figures) == {"p50", "p99", "max"}
+        p50s = sorted(
+            p["latency_seconds"]["p50"]
+            for p in doc["pairwise"]["pairs"]
+            if node in (p["node_a"], p["node_b"])
+        )
+        assert figures["p50"] == p50s[(len(p50s) - 1) // 2] and figures["max"] == p50s[-1]
+        assert 0 <= figures["p50"] <= figures["max"] and figures["p50"] <= figures["p99"]
+    return per_node
+
+
 def test_two_ranks_measure_every_op_and_size_and_a_baseline_flips_the_exit_code(
     tmp_path: Path,
 ) -> None:
@@ -218,6 +262,52 @@ def test_four_ranks_are_sane_and_a_slow_rank_is_named_the_slowest_node() -> None
     # the injected 0.5 ms sleep per round trip shows as at least half of it one way
     assert worst["latency_seconds"]["p50"] >= 0.00025
     assert f"slowest node: {slow_node}" in run.stderr
+    # the slow rank runs its ping-pongs in Python (the hook sleeps between the calls): the
+    # one pair it times (2–3) has the Python loop's overhead, the 5 others the compiled one's
+    check_pairs(doc, compiled_pairs=5)
+    per_node = check_node_latency(doc)
+    assert max(per_node, key=lambda n: per_node[n]["p50"]) == slow_node, per_node
+    assert per_node[slow_node]["p50"] >= 0.00025
+
+
+def test_node_latency_appears_per_node_in_the_textfile_node_exporter_serves(
+    tmp_path: Path, node_exporter_factory: NodeExporterFactory
+) -> None:
+    textdir = tmp_path / "textfile"
+    textdir.mkdir()
+    run = mpirun(4, [*QUICK, "--json", "--textfile-dir", str(textdir), "--pairwise.top-k", "1"])
+    assert run.rc == 0, run
+    doc = run.doc()
+    assert doc["timer"] == "compiled" and len(doc["nodes"]) == 4
+    check_pairs(doc, compiled_pairs=6)
+    per_node = check_node_latency(doc)
+    node = node_exporter_factory(
+        "--collector.disable-defaults",
+        "--collector.textfile",
+        f"--collector.textfile.directory={textdir}",
+    )
+    text = node.scrape()
+    assert "node_textfile_scrape_error 0" in text, text[-2000:]
+    served = {
+        (s.labels["node"], s.labels["stat"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "hpcobs_mpi_node_latency_seconds"
+    }
+    # one series per node and stat (4 × 3), while only --pairwise.top-k 1 pair is exported
+    assert served == {
+        (n, stat): pytest.approx(value) for n, f in per_node.items() for stat, value in f.items()
+    }
+    assert text.count("hpcobs_mpi_pair_latency_seconds{") == 1
+
+
+def test_the_python_timing_loop_times_and_corrects_the_pairwise_phase() -> None:
+    run = mpirun(3, [*QUICK, "--json", "--timer", "python"])
+    assert run.rc == 0, run
+    doc = run.doc()
+    assert doc["timer"] == "python" and doc["pairwise"]["rounds"] == 3
+    check_pairs(doc, compiled_pairs=0)
+    check_node_latency(doc)
 
 
 def test_ranks_sharing_a_node_name_form_one_node_led_by_their_first_rank() -> None:
@@ -310,6 +400,17 @@ def test_push_reaches_a_pushgateway_that_prometheus_scrapes(
     assert abs(stamp - time.time()) < 120
     barrier = prom.query('hpcobs_mpi_collective_latency_seconds{op="barrier"}')
     assert {r["metric"]["size_bytes"] for r in barrier} == {"0"}
+    # the Debug dashboard's fabric heatmaps, as Grafana asks them: one row per node, the
+    # node's figure of this run
+    per_node = check_node_latency(doc)
+    heatmaps = [p for p in debug_panels() if p["title"].startswith("Fabric latency per node")]
+    assert len(heatmaps) == 2
+    for panel in heatmaps:
+        [target] = panel["targets"]
+        expr = target["expr"].replace("$cluster", "c1").replace("$partition", "debug")
+        stat = "max" if 'stat="max"' in expr else "p50"
+        rows = {r["metric"]["node"]: float(r["value"][1]) for r in prom.query(expr)}
+        assert rows == {n: pytest.approx(f[stat]) for n, f in per_node.items()}, expr
 
 
 def test_textfile_is_served_by_node_exporter_without_errors(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,9 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hpcobs.exporters.probe import metrics, outputs, report
 from hpcobs.exporters.probe.model import CollectiveResult, PairResult, ProbeResult
-from hpcobs.exporters.probe.stats import Summary
+from hpcobs.exporters.probe.stats import NODE_STATS, PairSummary, Summary, node_latencies
 from hpcobs.exporters.probe.verdict import compare, make_baseline, no_baseline
 from hpcobs.exporters.runtime.metricdef import MetricDef
+
+from harness.servers import find_binary
 
 pytestmark = pytest.mark.unit
 
@@ -30,10 +33,21 @@ def make_result() -> ProbeResult:
     s = Summary
 
     def pair(a: int, b: int, lat: float) -> PairResult:
+        raw = lat + 5e-8  # half of a 100 ns calibrated overhead per round trip
         return PairResult(
-            f"n{a}", f"n{b}", a, b, s(lat, lat, lat, lat), 1e9 / (1 + lat), 1 << 20, 9
+            f"n{a}",
+            f"n{b}",
+            a,
+            b,
+            s(lat, lat, 2 * lat, 3 * lat),
+            1e9 / (1 + lat),
+            1 << 20,
+            9,
+            latency_raw=s(raw, raw, 2 * lat + 5e-8, 3 * lat + 5e-8),
+            overhead_seconds=1e-7,
         )
 
+    pairs = [pair(0, 1, 1e-6), pair(0, 2, 1e-4), pair(1, 2, 1.1e-4)]
     return ProbeResult(
         ranks=3,
         identity_mode="host",
@@ -55,8 +69,9 @@ def make_result() -> ProbeResult:
                 "barrier", 0, 50, s(1e-6, 1e-6, 1e-6, 1e-6), s(9e-7, 9e-7, 9e-7, 9e-7), 2
             ),
         ],
-        pairs=[pair(0, 1, 1e-6), pair(0, 2, 1e-4), pair(1, 2, 1.1e-4)],
+        pairs=pairs,
         node_slowness={"n0": 1.0, "n1": 1.0, "n2": 100.0},
+        node_latency=node_latencies(PairSummary(p.node_a, p.node_b, p.latency) for p in pairs),
         worst_pairs=[pair(1, 2, 1.1e-4), pair(0, 2, 1e-4)],
         pairwise_rounds=3,
     )
@@ -101,6 +116,89 @@ def test_families_follow_the_metric_contract() -> None:
     declared = {m.name for m in metrics.METRICS}
     assert names <= declared
     assert all(isinstance(m, MetricDef) for m in metrics.METRICS)
+
+
+def node_series(values: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> dict[str, float]:
+    """hpcobs_mpi_node_latency_seconds as {"node/stat": value}."""
+    out = {}
+    for (name, labels), value in values.items():
+        if name == "hpcobs_mpi_node_latency_seconds":
+            label = dict(labels)
+            assert set(label) == {"node", "stat"}
+            out[f"{label['node']}/{label['stat']}"] = value
+    return out
+
+
+def test_node_latency_is_exported_per_node_and_stat() -> None:
+    """n0's pairs: n1 at 1 µs, n2 at 100 µs; n2's: n0 at 100 µs, n1 at 110 µs (p99 = 2 × p50)."""
+    values = parsed(generate_latest(metrics.registry(make_result(), no_baseline(), top_k=1)))
+    assert node_series(values) == {
+        "n0/p50": 1e-6,  # lower median: the slow link to n2 does not make n0 slow
+        "n0/p99": 2e-6,
+        "n0/max": 1e-4,  # … but shows as its worst link
+        "n1/p50": 1e-6,
+        "n1/p99": 2e-6,
+        "n1/max": 1.1e-4,
+        "n2/p50": 1e-4,  # every pair of n2 is slow
+        "n2/p99": 2e-4,
+        "n2/max": 1.1e-4,
+    }
+
+
+def mesh_result(nodes: int) -> ProbeResult:
+    """A run over `nodes` nodes with every pair measured (latencies all different)."""
+    names = [f"node{i:03d}" for i in range(nodes)]
+    pairs = []
+    for i in range(nodes):
+        for j in range(i + 1, nodes):
+            lat = 1e-6 * (1 + i + j / 1000)
+            summary = Summary(lat, lat, 2 * lat, 3 * lat)
+            pairs.append(
+                PairResult(names[i], names[j], i, j, summary, 1e9, 1 << 20, 9, summary, 0.0)
+            )
+    return ProbeResult(
+        ranks=nodes,
+        identity_mode="host",
+        rank_nodes=names,
+        nodes=names,
+        started_unix=0.0,
+        finished_unix=1.0,
+        budget_seconds=1.0,
+        overhead_seconds={},
+        overhead_per_rank={},
+        pairs=pairs,
+        worst_pairs=sorted(pairs, key=lambda p: -p.latency.p50),
+        node_latency=node_latencies(PairSummary(p.node_a, p.node_b, p.latency) for p in pairs),
+    )
+
+
+@pytest.mark.parametrize("top_k", [0, 5])
+@pytest.mark.parametrize("nodes", [2, 3, 17, 64])
+def test_node_latency_series_are_bounded_by_the_node_count(nodes: int, top_k: int) -> None:
+    """nodes × 3 series, whatever the number of pairs (64 nodes: 2016 pairs) or --top-k."""
+    result = mesh_result(nodes)
+    values = parsed(generate_latest(metrics.registry(result, no_baseline(), top_k)))
+    series = node_series(values)
+    assert len(series) == nodes * len(NODE_STATS)
+    assert {key.split("/")[0] for key in series} == set(result.nodes)
+    assert {key.split("/")[1] for key in series} == set(NODE_STATS)
+    pair_series = [k for k in values if k[0] == "hpcobs_mpi_pair_latency_seconds"]
+    assert len(pair_series) == min(top_k, len(result.pairs))
+
+
+def test_a_run_without_pairs_exports_no_node_latency() -> None:
+    result = make_result()
+    result.pairs, result.worst_pairs, result.node_latency = [], [], {}
+    values = parsed(generate_latest(metrics.registry(result, no_baseline(), 5)))
+    assert node_series(values) == {}
+
+
+def test_exposition_passes_promtool_check_metrics() -> None:
+    text = generate_latest(metrics.registry(make_result(), no_baseline(), 5))
+    proc = subprocess.run(
+        [find_binary("promtool"), "check", "metrics"], input=text, capture_output=True, timeout=60
+    )
+    assert proc.returncode == 0 and not (proc.stdout + proc.stderr).strip(), proc
 
 
 def test_baseline_figures_are_exported_when_compared() -> None:
@@ -288,6 +386,7 @@ def test_summary_and_json_document() -> None:
     assert text.startswith("hpcobs-mpi-probe: 3 ranks, 3 nodes")
     assert "slowest node: n2 (100.00× the median node)" in text
     assert "slowest pair n1 – n2" in text
+    assert "pairwise calibration: 100 ns–100 ns per round trip subtracted" in text
     assert "verdict: healthy (exit 0)" in text
     failed = report.summary_lines(result, no_baseline(), deliveries, 2)
     assert "probe failed (exit 2)" in failed[-1]
@@ -296,6 +395,14 @@ def test_summary_and_json_document() -> None:
     assert doc["exit_code"] == 0 and doc["ranks"] == 3
     assert doc["collectives"][0]["corrected_seconds"]["p50"] == 1.5e-6
     assert doc["pairwise"]["node_slowness_ratio"]["n2"] == 100.0
+    assert doc["pairwise"]["node_latency_seconds"]["n2"] == {
+        "p50": 1e-4,
+        "p99": 2e-4,
+        "max": 1.1e-4,
+    }
+    first = doc["pairwise"]["pairs"][0]
+    assert first["latency_seconds"]["p50"] == 1e-6 and first["overhead_seconds"] == 1e-7
+    assert first["latency_raw_seconds"]["p50"] == pytest.approx(1e-6 + 5e-8)
     assert doc["outputs"][0]["target"] == "textfile"
 
 

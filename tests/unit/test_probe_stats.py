@@ -192,3 +192,96 @@ def test_split_counts_covers_the_vector_evenly(count: int, parts: int) -> None:
     assert max(counts) - min(counts) <= 1
     assume(count >= parts)
     assert min(counts) >= 1
+
+
+# -- per-node latency (the fabric heatmap) ---------------------------------------------------
+
+
+def summary_of(p50: float, spread: float) -> stats.Summary:
+    return stats.Summary(p50, p50, p50 + spread, p50 + 2 * spread)
+
+
+@st.composite
+def pair_summaries(draw: st.DrawFn) -> list[stats.PairSummary]:
+    """Pairs of distinct nodes (a pair may repeat, as from several runs), any latencies."""
+    raw = draw(st.lists(st.tuples(names, names, times, times), max_size=40))
+    return [stats.PairSummary(a, b, summary_of(p50, s)) for a, b, p50, s in raw if a != b]
+
+
+@given(pair_summaries())
+def test_node_latency_summarises_each_nodes_pairs(pairs: list[stats.PairSummary]) -> None:
+    per_node = stats.node_latencies(pairs)
+    mine = {n: [p for p in pairs if n in (p.node_a, p.node_b)] for n in per_node}
+    assert set(per_node) == {n for p in pairs for n in (p.node_a, p.node_b)}
+    assert list(per_node) == sorted(per_node)
+    for node, figures in per_node.items():
+        p50s = [p.latency.p50 for p in mine[node]]
+        p99s = [p.latency.p99 for p in mine[node]]
+        assert figures.pairs == len(mine[node])
+        assert figures.p50 in p50s and figures.p99 in p99s  # a measured figure, not an average
+        assert min(p50s) <= figures.p50 <= figures.max == max(p50s)
+        assert min(p99s) <= figures.p99 <= max(p99s)
+        assert sorted(figures.as_dict()) == sorted(stats.NODE_STATS)
+    # the p50 is the node score behind hpcobs_mpi_node_slowness_ratio
+    scores = stats.node_scores(PairLatency(p.node_a, p.node_b, p.latency.p50) for p in pairs)
+    assert {n: f.p50 for n, f in per_node.items()} == scores
+
+
+@given(pair_summaries(), st.integers(min_value=1, max_value=5))
+def test_node_latency_is_bounded_by_the_node_count(
+    pairs: list[stats.PairSummary], repeats: int
+) -> None:
+    """One entry per node, however many pairs (or repeated measurements of a pair)."""
+    nodes = {n for p in pairs for n in (p.node_a, p.node_b)}
+    per_node = stats.node_latencies(pairs * repeats)
+    assert len(per_node) == len(nodes) <= 2 * len(pairs)
+    assert per_node == {
+        n: stats.NodeLatency(f.p50, f.p99, f.max, f.pairs * repeats)
+        for n, f in stats.node_latencies(pairs).items()
+    }
+
+
+@given(full_meshes())
+def test_a_slow_node_is_the_hottest_row(mesh: tuple[list[str], list[PairLatency], str]) -> None:
+    nodes, pairs, slow = mesh
+    per_node = stats.node_latencies(
+        stats.PairSummary(p.node_a, p.node_b, summary_of(p.latency, 0.0)) for p in pairs
+    )
+    assert set(per_node) == set(nodes)
+    assert max(per_node, key=lambda n: per_node[n].p50) == slow
+    assert all(per_node[slow].p50 >= 4 * per_node[n].p50 for n in nodes if n != slow)
+
+
+@given(st.integers(min_value=3, max_value=8), st.data())
+def test_a_bad_link_shows_at_both_ends_only_as_max(n: int, data: st.DataObject) -> None:
+    nodes = [f"n{i}" for i in range(n)]
+    a, b = data.draw(st.sampled_from([(x, y) for x in nodes for y in nodes if x < y]))
+    pairs = [
+        stats.PairSummary(x, y, summary_of(1e-3 if (x, y) == (a, b) else 1e-6, 0.0))
+        for i, x in enumerate(nodes)
+        for y in nodes[i + 1 :]
+    ]
+    per_node = stats.node_latencies(pairs)
+    assert {node for node, f in per_node.items() if f.max == 1e-3} == {a, b}
+    assert all(f.p50 == 1e-6 for f in per_node.values())  # ≥ 2 pairs each: the link is ignored
+
+
+@given(st.lists(st.tuples(names, names, st.floats(allow_nan=True, allow_infinity=True))))
+def test_node_latencies_raise_only_value_error(raw: list[tuple[str, str, float]]) -> None:
+    pairs = [stats.PairSummary(a, b, stats.Summary(t, t, t, t)) for a, b, t in raw]
+    try:
+        per_node = stats.node_latencies(pairs)
+    except ValueError:
+        assert any(
+            p.node_a == p.node_b or not math.isfinite(p.latency.p50) or p.latency.p50 < 0
+            for p in pairs
+        )
+    else:
+        assert all(f.max >= f.p50 >= 0 for f in per_node.values())
+
+
+def test_node_latency_stat_names() -> None:
+    figures = stats.NodeLatency(1.0, 2.0, 3.0, 2)
+    assert [figures.stat(s) for s in stats.NODE_STATS] == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="unknown node statistic"):
+        figures.stat("min")
