@@ -13,6 +13,7 @@ from panels import (
     NODE,
     NODE_QUERY,
     PROBE,
+    Target,
     dashboard,
     query,
     table_panel,
@@ -32,36 +33,115 @@ RDMA_ERRORS = {
 HW_COUNTERS = "out_of_sequence|packet_seq_err|local_ack_timeout_err|rnr_nak_retry_err|out_of_buffer"
 SDIAG = "hpcobs_slurm_scheduler_cycle_seconds"
 OST_LATENCY = "hpcobs_lustre_target_disk_io_duration_seconds_bucket"
+NODE_LATENCY = "hpcobs_mpi_node_latency_seconds"
 
 
-def gpu_heatmap() -> heatmap.Panel:
+def node_heatmap(
+    title: str,
+    description: str,
+    target: Target,
+    *,
+    unit: str,
+    high_is_good: bool,
+    maximum: float | None = None,
+    width: int = 24,
+) -> heatmap.Panel:
+    """Node × time: one row per series (the query's legend is the node), coloured by value
+    (Grafana's heatmap on time series, calculate off: each series is a row)."""
+    color = (
+        heatmap.HeatmapColorOptions()
+        .mode(hm.HeatmapColorMode.SCHEME)
+        .scheme("RdYlGn")  # red → green; reversed where a high value is bad
+        .steps(64)
+        .exponent(0.5)
+        .fill("dark-orange")
+        .reverse(not high_is_good)
+        .min(0)
+    )
+    if maximum is not None:
+        color = color.max(maximum)
     return (
         heatmap.Panel()
-        .title("GPU utilization per node")
-        .description("Mean GPU utilization of each node's GPUs (one row per node).")
+        .title(title)
+        .description(description)
         .datasource(DS)
-        .unit("percentunit")
+        .unit(unit)
+        .cell_values(heatmap.CellValues().unit(unit))
         .calculate(False)
         .y_axis(heatmap.YAxisConfig().unit("short"))
         .rows_frame(heatmap.RowsHeatmapOptions().layout(cm.HeatmapCellLayout.AUTO))
-        .color(
-            heatmap.HeatmapColorOptions()
-            .mode(hm.HeatmapColorMode.SCHEME)
-            .scheme("RdYlGn")
-            .steps(64)
-            .exponent(0.5)
-            .fill("dark-orange")
-            .reverse(False)
-            .min(0)
-            .max(1)
-        )
+        .color(color)
         .show_value(cm.VisibilityMode.NEVER)
         .filter_values(heatmap.FilterValueRange().le(-1))
         .show_tooltip()
         .show_legend()
-        .span(24)
+        .span(width)
         .height(10)
-        .with_target(query(f"avg by (node) (hpcobs_gpu_utilization_ratio{{{NODE}}})", "{{node}}"))
+        .with_target(target)
+    )
+
+
+def gpu_heatmap() -> heatmap.Panel:
+    return node_heatmap(
+        "GPU utilization per node",
+        "Mean GPU utilization of each node's GPUs (one row per node).",
+        query(f"avg by (node) (hpcobs_gpu_utilization_ratio{{{NODE}}})", "{{node}}"),
+        unit="percentunit",
+        high_is_good=True,
+        maximum=1,
+    )
+
+
+def fabric_heatmap(stat: str, title: str, what: str) -> heatmap.Panel:
+    """hpcobs_mpi_node_latency_seconds{stat} per node over time, from the probe's runs."""
+    return node_heatmap(
+        title,
+        "hpcobs-mpi-probe's pairwise phase (one-way latency of 8-byte ping-pongs, corrected "
+        f"for the timing loop's overhead), one row per node: {what}. Each probe run "
+        "replaces the figures; a node missing from a run leaves its row empty.",
+        query(
+            f'max by (node) ({NODE_LATENCY}{{{PROBE}, stat="{stat}"}})',
+            "{{node}}",
+        ),
+        unit="s",
+        high_is_good=False,
+        width=12,
+    )
+
+
+def checkpoint_panels(board: db.Dashboard) -> db.Dashboard:
+    """Per job and checkpoint name, from hpcobs-checkpoint (textfile or Pushgateway)."""
+    stream = "{{job_id}} {{name}}"
+    board = board.with_panel(
+        ts_panel(
+            "Checkpoint duration per job",
+            "hpcobs-checkpoint: wall time of each job's latest checkpoint of each name (the "
+            "slowest node's); a step is a new checkpoint.",
+            [
+                query(
+                    f"max by (job_id, name) (hpcobs_checkpoint_duration_seconds{{{NODE}}})",
+                    stream,
+                )
+            ],
+            unit="s",
+        )
+    )
+    return board.with_panel(
+        ts_panel(
+            "Checkpoint share of run time per job",
+            "Time spent checkpointing over the job's run time up to its latest checkpoint, "
+            "per job and checkpoint name (the checkpoint-time SLO holds it under 5 %).",
+            [
+                query(
+                    f"sum by (job_id, name) (hpcobs_checkpoint_seconds_total{{{NODE}}}) / "
+                    "sum by (job_id, name) "
+                    f"(hpcobs_checkpoint_run_seconds_total{{{NODE}}})",
+                    stream,
+                )
+            ],
+            unit="percentunit",
+            minimum=0,
+        )
     )
 
 
@@ -81,7 +161,8 @@ def build() -> db.Dashboard:
         UID,
         "hpcobs / Debug",
         "Per node and per job detail: GPU utilization, RDMA errors, Lustre per target, "
-        "per-job GPU/IO attribution, collective latency by size, scheduler cycle times.",
+        "per-job GPU/IO attribution and checkpoints, collective latency by size, fabric latency per node, "
+        "scheduler cycle times.",
         time_from="now-3h",
         refresh="30s",
         node_query=NODE_QUERY,
@@ -233,6 +314,7 @@ def build() -> db.Dashboard:
             width=24,
         )
     )
+    board = checkpoint_panels(board)
     board = board.with_row(db.Row("MPI probe"))
     for stat_name in ("p50", "p99"):
         board = board.with_panel(
@@ -250,6 +332,22 @@ def build() -> db.Dashboard:
                 unit="s",
             )
         )
+    board = board.with_panel(
+        fabric_heatmap(
+            "p50",
+            "Fabric latency per node (p50)",
+            "the lower median over the node's pairs of their median latency, the node's "
+            "typical latency (a slow node heats its whole row)",
+        )
+    )
+    board = board.with_panel(
+        fabric_heatmap(
+            "max",
+            "Fabric latency per node, worst link (max)",
+            "the median latency of the node's slowest pair (a slow link heats the rows of "
+            "both of its ends)",
+        )
+    )
     board = board.with_panel(
         table_panel(
             "Slowest nodes (pairwise)",

@@ -63,9 +63,14 @@ METRICS_USED: dict[str, str] = {
     "hpcobs_slurm_scheduler_cycle_seconds": "slurm (sdiag): BackfillCycleTooLong, debug",
     # SLO daemon
     "hpcobs_slo_error_budget_remaining_ratio": "slo (contract): executive",
+    # hpcobs-checkpoint (textfile or Pushgateway)
+    "hpcobs_checkpoint_duration_seconds": "checkpoint: debug duration per job",
+    "hpcobs_checkpoint_seconds_total": "checkpoint: debug share of run time per job",
+    "hpcobs_checkpoint_run_seconds_total": "checkpoint: debug share of run time per job",
     # MPI probe (Pushgateway)
     "hpcobs_mpi_collective_latency_seconds": "probe (contract): debug, op variable",
     "hpcobs_mpi_probe_last_success_timestamp_seconds": "probe (contract): ProbeStale, on-call",
     "hpcobs_mpi_probe_regressions": "probe: ProbeRegression, on-call verdict",
     "hpcobs_mpi_node_slowness_ratio": "probe: debug slowest nodes",
+    "hpcobs_mpi_node_latency_seconds": "probe: debug fabric latency heatmaps",
 }
