@@ -1,4 +1,4 @@
-"""`hpcobs-node-exporter`: the per-node daemon (collectors gpu, rdma, lustre, jobs)."""
+"""`hpcobs-node-exporter`: the per-node daemon (collectors gpu, rdma, lustre, jobs, textfile)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ DEFAULT_LISTEN = ":9946"
 def main(argv: Sequence[str] | None = None) -> int:
     return run_exporter(
         PROGRAM,
-        "Per-node exporter for HPC nodes: GPUs (NVML), RDMA ports, Lustre, per-job attribution.",
+        "Per-node exporter for HPC nodes: GPUs (NVML), RDMA ports, Lustre, per-job attribution, "
+        "textfiles.",
         DEFAULT_LISTEN,
         discover(),
         argv,

@@ -20,8 +20,8 @@ from typing import Any
 from hpcobs.exporters.checkpoint.measure import path_bytes, read_write_bytes
 from hpcobs.exporters.checkpoint.model import Attempt
 from hpcobs.exporters.checkpoint.outputs import (
-    DEBIAN_TEXTFILE_DIR,
     DEFAULT_NAME,
+    DEFAULT_TEXTFILE_DIR,
     ENV_PUSHGATEWAY_URL,
     ENV_TEXTFILE_DIR,
     Options,
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="textfile_directory",
         metavar="DIR",
         help=f"the node exporter's textfile directory (default: ${ENV_TEXTFILE_DIR}, "
-        f"else {DEBIAN_TEXTFILE_DIR})",
+        f"else {DEFAULT_TEXTFILE_DIR})",
     )
     out.add_argument(
         "--pushgateway.url",

@@ -77,7 +77,7 @@ def checkpoint(
     logger). Bytes written: the size of `path` if given, else this process's write_bytes
     over the block (all its threads and the children it reaped). Outputs as `hpcobs-checkpoint
     run`: `textfile_directory` or `pushgateway_url`, else $HPCOBS_CHECKPOINT_TEXTFILE_DIRECTORY,
-    $HPCOBS_CHECKPOINT_PUSHGATEWAY_URL, else /var/lib/prometheus/node-exporter.
+    $HPCOBS_CHECKPOINT_PUSHGATEWAY_URL, else /var/lib/hpcobs/textfile.
     """
     try:
         options: Options | None = make_options(

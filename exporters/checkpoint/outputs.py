@@ -26,7 +26,8 @@ from hpcobs.exporters.checkpoint.model import Attempt, Totals, advance
 log = logging.getLogger("hpcobs.checkpoint")
 
 PUSH_JOB = "hpcobs_checkpoint"
-DEBIAN_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+# hpcobs-node-exporter's textfile directory (exporters/collectors/textfile.py), the probe's too
+DEFAULT_TEXTFILE_DIR = "/var/lib/hpcobs/textfile"
 ENV_TEXTFILE_DIR = "HPCOBS_CHECKPOINT_TEXTFILE_DIRECTORY"
 ENV_PUSHGATEWAY_URL = "HPCOBS_CHECKPOINT_PUSHGATEWAY_URL"
 DEFAULT_NAME = "checkpoint"
@@ -254,7 +255,7 @@ def make_options(
             timeout=pushgateway_timeout,
         )
     else:
-        output = Textfile(Path(textfile_directory or DEBIAN_TEXTFILE_DIR))
+        output = Textfile(Path(textfile_directory or DEFAULT_TEXTFILE_DIR))
     return Options(
         output=output,
         name=clean_name,

@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="fallback_dir",
         metavar="DIR",
         help="where the textfile goes when a push fails (default: --textfile-dir, "
-        "else /var/lib/prometheus/node-exporter if writable, else the current "
+        "else /var/lib/hpcobs/textfile if writable, else the current "
         "directory)",
     )
     o.add_argument(

@@ -32,7 +32,8 @@ from hpcobs.exporters.version import VERSION
 log = logging.getLogger("hpcobs.probe")
 
 TEXTFILE_NAME = "hpcobs_mpi_probe.prom"
-DEBIAN_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+# hpcobs-node-exporter's textfile directory (exporters/collectors/textfile.py)
+DEFAULT_TEXTFILE_DIR = "/var/lib/hpcobs/textfile"
 
 
 @dataclass(frozen=True)
@@ -153,9 +154,9 @@ def fallback_dir(explicit: str | None, textfile_dir: str | None) -> Path:
     for candidate in (explicit, textfile_dir):
         if candidate:
             return Path(candidate)
-    debian = Path(DEBIAN_TEXTFILE_DIR)
-    if debian.is_dir() and os.access(debian, os.W_OK):
-        return debian
+    default = Path(DEFAULT_TEXTFILE_DIR)
+    if default.is_dir() and os.access(default, os.W_OK):
+        return default
     return Path.cwd()
 
 

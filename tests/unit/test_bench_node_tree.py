@@ -40,7 +40,8 @@ def test_the_benchmarked_node_has_every_collector_up(
         coordinator.close()
     samples = [s for f in families for s in f.samples]
     up = {s.labels["collector"]: s.value for s in samples if s.name == "hpcobs_collector_up"}
-    assert up == {"gpu": 1.0, "jobs": 1.0, "lustre": 1.0, "rdma": 1.0}
+    # (textfile: on by default; its default directory absent here, it has nothing to collect)
+    assert up == {"gpu": 1.0, "jobs": 1.0, "lustre": 1.0, "rdma": 1.0, "textfile": 1.0}
     gpus = {s.labels.get("gpu") for s in samples if s.name.startswith("hpcobs_gpu_")}
     assert len(gpus - {None}) == 8
     ports = {

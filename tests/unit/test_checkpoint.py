@@ -290,7 +290,7 @@ def test_options_from_the_environment(tmp_path: Path) -> None:
     )
     assert o.output == outputs.Textfile(tmp_path)
     assert outputs.make_options(environ={}).output == outputs.Textfile(
-        Path(outputs.DEBIAN_TEXTFILE_DIR)
+        Path(outputs.DEFAULT_TEXTFILE_DIR)
     )
     assert outputs.make_options(environ={}).job_id == outputs.NO_JOB
 

@@ -355,7 +355,7 @@ def test_when_even_the_fallback_fails_the_metrics_go_to_stderr(
 def test_fallback_dir_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert outputs.fallback_dir("/x", "/y") == Path("/x")
     assert outputs.fallback_dir(None, "/y") == Path("/y")
-    monkeypatch.setattr(outputs, "DEBIAN_TEXTFILE_DIR", str(tmp_path / "absent"))
+    monkeypatch.setattr(outputs, "DEFAULT_TEXTFILE_DIR", str(tmp_path / "absent"))
     monkeypatch.chdir(tmp_path)
     assert outputs.fallback_dir(None, None) == tmp_path
 
