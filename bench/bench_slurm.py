@@ -14,7 +14,8 @@
    CPU time on that output with each memo table disabled in turn, and the generic way
    (`make_job` and the value parsers) instead of its inlined fast path
    (exporters/parse/slurm.py); the ledger's cycle over 100 pending arrays of 1,000 tasks
-   past every wait threshold, with and without its remainder fast path (ledger.py).
+   past every wait threshold, with and without its remainder fast path (ledger.py); and the
+   ledger's cycle over 100,000 pending job records (pending time by reason, issue 17).
    `python bench/bench_slurm.py --offline` runs this step alone, without Slurm, on 100,000
    synthetic squeue lines of the same shape (100 arrays of 1,000 tasks, one in ten running).
 
@@ -49,6 +50,7 @@ RPCS = (
     "REQUEST_PARTITION_INFO",
     "REQUEST_STATS_INFO",
     "REQUEST_LICENSE_INFO",
+    "REQUEST_RESERVATION_INFO",
 )
 
 
@@ -178,21 +180,24 @@ def bench_parse(text: str) -> None:
 
 def synthetic_squeue(arrays: int = ARRAYS, tasks: int = TASKS) -> str:
     """`arrays` × `tasks` split array tasks as squeue prints them (one in ten running)."""
+    from hpcobs.exporters.parse.slurm import TAIL_SEP as US
+
     lines = []
     job_id = 1000
-    for _ in range(arrays):
+    for n in range(arrays):
         base = job_id
+        tail = f"1795599000{US}0{US}0{US}acct{n % 13}{US}user{n % 37}{US}"
         for task in range(tasks):
             job_id += 1
             if task % 10 == 0:
                 lines.append(
                     f"{job_id}|{base}|{task}|batch|RUNNING|1795599049|1795599100|1795602700|4|"
-                    f"cpu=4,mem=16G,node=1,billing=4,gres/gpu=1|(null)|node{task % 7}|None|"
+                    f"cpu=4,mem=16G,node=1,billing=4,gres/gpu=1|(null)|node{task % 7}|None|{tail}"
                 )
             else:
                 lines.append(
                     f"{job_id}|{base}|{task}|bench|PENDING|N/A|N/A|N/A|1|"
-                    "cpu=1,mem=100M,node=1,billing=1|(null)||JobHeldUser|"
+                    f"cpu=1,mem=100M,node=1,billing=1|(null)||JobHeldUser|{tail}"
                 )
     return "\n".join(lines) + "\n"
 
@@ -210,11 +215,20 @@ class _Forgetful(dict[str, object]):
 def bench_parse_tricks(text: str, rounds: int = 9) -> None:
     """CPU time of parse_squeue as it is, without each memo, and the generic way."""
     import hpcobs.exporters.parse.slurm as ps
-    from hpcobs.exporters.slurm.model import job_state, make_job, requested_licenses
+    from hpcobs.exporters.slurm.model import (
+        exit_code_text,
+        job_state,
+        make_job,
+        requested_licenses,
+    )
 
     def generic() -> None:
         for line in text.splitlines():
-            f = line[:-1].split(ps.SEP, len(ps.SQUEUE_FIELDS) - 1)
+            head, restarts, exit_code, account, user, _ = line.rsplit(
+                ps.TAIL_SEP, len(ps.SQUEUE_TAIL_FIELDS)
+            )
+            head, _, submit = head.rpartition(ps.SEP)
+            f = head.split(ps.SEP, len(ps.SQUEUE_FIELDS) - 1)
             tres = ps.parse_tres(f[9])
             make_job(
                 job_id=ps.parse_int(f[0]),
@@ -231,13 +245,24 @@ def bench_parse_tricks(text: str, rounds: int = 9) -> None:
                 gpus=tres.gpus,
                 licenses=() if f[10] == "(null)" else requested_licenses(f[10].split(",")),
                 nodes=f[11],
+                submit_time=ps.parse_time(submit),
+                restarts=ps.parse_int(restarts),
+                exit_code=exit_code_text(ps.parse_int(exit_code)),
+                account=account,
+                user=user,
             )
 
-    memos = {"_TRES_CACHE": ps._TRES_CACHE, "_STATES": ps._STATES}
+    memos = {
+        "_TRES_CACHE": ps._TRES_CACHE,
+        "_STATES": ps._STATES,
+        "_LABELS": ps._LABELS,
+        "_EXIT_CODES": ps._EXIT_CODES,
+    }
     variants = {
         "as is": ("", lambda: ps.parse_squeue(text)),
         "without the TRES memo": ("_TRES_CACHE", lambda: ps.parse_squeue(text)),
         "without the state memo": ("_STATES", lambda: ps.parse_squeue(text)),
+        "without the label memo": ("_LABELS", lambda: ps.parse_squeue(text)),
         "make_job + value parsers": ("", generic),
     }
     best = dict.fromkeys(variants, float("inf"))
@@ -306,10 +331,35 @@ def bench_ledger_fast_path(rounds: int = 9) -> None:
     )
 
 
+def bench_ledger_pending(text: str, rounds: int = 5) -> None:
+    """A cycle of the ledger over a job list of 100,000 records, 90 % of them pending: pending
+    time by reason accrues for each (issue 17), on top of what the ledger did before."""
+    from hpcobs.exporters.parse.slurm import parse_squeue
+    from hpcobs.exporters.slurm.ledger import Ledger
+
+    jobs = parse_squeue(text).jobs
+    ledger = Ledger(thresholds=(3600.0, 14400.0, 86400.0))
+    now = 1_800_000_000.0
+    ledger.apply_snapshot(jobs, now)
+    best = float("inf")
+    for i in range(rounds):
+        started = time.process_time()
+        ledger.apply_snapshot(jobs, now + 30 * (i + 1))
+        best = min(best, time.process_time() - started)
+    pending = sum(1 for j in jobs if j.state == "pending")
+    print(
+        f"ledger cycle over {len(jobs)} job records ({pending} pending, pending time by "
+        f"reason): {best * 1000:.0f} ms CPU",
+        flush=True,
+    )
+
+
 def main() -> None:
     if "--offline" in sys.argv[1:]:
-        bench_parse_tricks(synthetic_squeue())
+        text = synthetic_squeue()
+        bench_parse_tricks(text)
         bench_ledger_fast_path()
+        bench_ledger_pending(text)
         return
     from hpcobs.exporters.slurm.portable import PortableBackend
 
@@ -370,6 +420,7 @@ def main() -> None:
             bench_parse(out)
             bench_parse_tricks(out)
             bench_ledger_fast_path()
+            bench_ledger_pending(out)
         finally:
             cluster.stop()
 

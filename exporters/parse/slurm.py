@@ -7,6 +7,7 @@ The portable backend asks the Slurm commands for explicit, minimal formats (neve
     sinfo  --all --noheader --Node -O <SINFO_FORMAT>             → parse_sinfo()
     sdiag                                                        → parse_sdiag()
     scontrol show licenses --oneliner                            → parse_licenses()
+    scontrol show reservation --oneliner                         → parse_reservations()
     one line of a jobcomp/filetxt log                            → parse_jobcomp_line()
 
 They return the values of `hpcobs.exporters.slurm.model` (`Job`, `Node`, `License`,
@@ -14,8 +15,11 @@ They return the values of `hpcobs.exporters.slurm.model` (`Job`, `Node`, `Licens
 does from pyslurm's objects: the two backends cannot disagree on what a state means.
 
 Free-text fields (a pending reason, a node's reason) come last in each format, so a `|` inside
-them cannot shift the other columns. Every parser returns what it could parse and the number
-of lines it could not; arbitrary input never raises.
+them cannot shift the other columns. The squeue format ends with a tail of per-job columns
+separated by the unit separator `\x1f` instead (`SQUEUE_TAIL_FIELDS`, among them the account
+and the user name, which may hold a `|` too): a line is read from both ends. Every parser
+returns what it could parse and the number of lines it could not; arbitrary input never
+raises.
 """
 
 from __future__ import annotations
@@ -31,16 +35,21 @@ from hpcobs.exporters.slurm.model import (
     Job,
     License,
     Node,
+    Reservation,
     SchedulerStats,
     array_task_count,
+    exit_code_text,
     gpu_count,
     job_state,
+    label_value,
     make_job,
+    make_reservation,
     node_state,
     requested_licenses,
 )
 
 SEP = "|"
+TAIL_SEP = "\x1f"
 
 SQUEUE_FIELDS = (
     "JobID",
@@ -57,6 +66,8 @@ SQUEUE_FIELDS = (
     "NodeList",
     "Reason",
 )
+SQUEUE_TAIL_FIELDS = ("SubmitTime", "RestartCnt", "exit_code", "Account", "UserName")
+"""After Reason, each followed by TAIL_SEP: the line's tail, read from its end."""
 SINFO_FIELDS = (
     "NodeList",
     "PartitionName",
@@ -75,7 +86,9 @@ def output_format(fields: Iterable[str]) -> str:
     return ",".join(f"{name}:{SEP}" for name in fields)
 
 
-SQUEUE_FORMAT = output_format(SQUEUE_FIELDS)
+SQUEUE_FORMAT = (
+    output_format(SQUEUE_FIELDS) + "," + ",".join(f"{n}:{TAIL_SEP}" for n in SQUEUE_TAIL_FIELDS)
+)
 SINFO_FORMAT = output_format(SINFO_FIELDS)
 
 # -- small value parsers ------------------------------------------------------------------
@@ -134,7 +147,7 @@ class Tres:
 
 
 # Memo of parsed TRES strings: a cluster's jobs share a handful of distinct ones. Without it,
-# parsing 100,000 squeue lines takes 2.2× the CPU time (+3.8 µs a line; bench/bench_slurm.py
+# parsing 100,000 squeue lines takes 1.85× the CPU time (+3.5 µs a line; bench/bench_slurm.py
 # --offline, 2-core VM). Bounded, keyed by the text: it never serves another string's value.
 _TRES_CACHE: dict[str, Tres] = {}
 
@@ -194,7 +207,7 @@ class ParsedJobs:
 _N_SQUEUE = len(SQUEUE_FIELDS)
 
 # Memo of job_state() by the raw State column (a few dozen distinct values). Without it,
-# 100,000 lines take 1.1× the CPU time (+0.3 µs a line; bench/bench_slurm.py --offline).
+# 100,000 lines take 1.1× the CPU time (+0.5 µs a line; bench/bench_slurm.py --offline).
 _STATES: dict[str, str] = {}
 _NO_NODES = frozenset({"", "(null)", "None assigned"})
 
@@ -204,14 +217,63 @@ def _other_time(text: str) -> int:
     return 0 if text in _NO_TIME else parse_time(text)
 
 
+_N_TAIL = len(SQUEUE_TAIL_FIELDS)
+# Memos of label values (users, accounts) and exit codes by their raw text: a cluster has far
+# fewer distinct ones than jobs. Without the label memo, 100,000 lines take 1.15× the CPU time
+# (+0.6 µs a line; bench/bench_slurm.py --offline). Bounded, keyed by the text.
+_LABELS: dict[str, str] = {}
+_EXIT_CODES: dict[str, str] = {}
+
+
+def _label(text: str) -> str:
+    value = _LABELS.get(text)
+    if value is None:
+        value = label_value(text)
+        if len(_LABELS) < 4096:
+            _LABELS[text] = value
+    return value
+
+
+def _exit_code(text: str) -> str:
+    """squeue's exit_code: the wait status up to 22.05 (`768`), `exit:signal` from 24.11 on."""
+    value = _EXIT_CODES.get(text)
+    if value is None:
+        if text.isdigit() and len(text) < 12:
+            value = exit_code_text(int(text))
+        else:
+            value = text if _EXIT.match(text) else ""
+        if len(_EXIT_CODES) < 4096:
+            _EXIT_CODES[text] = value
+    return value
+
+
 def _squeue_line(line: str) -> Job | None:
     """One line of SQUEUE_FORMAT (the hot loop: 100,000 lines per cycle on a large cluster).
 
     The fast path: `make_job`'s normalisation and the value parsers inlined for the shapes
     squeue prints (digits, `N/A`), the Job built positionally. The generic way (`make_job`
-    and `parse_time`/`parse_int`) takes 1.2× the CPU time (+0.7 µs a line on 100,000 lines;
-    bench/bench_slurm.py --offline); tests/unit/test_slurm_parse.py holds the two together."""
-    if line.endswith(SEP):
+    and `parse_time`/`parse_int`) takes 1.6× the CPU time (+2.5 µs a line on 100,000 lines;
+    bench/bench_slurm.py --offline); tests/unit/test_slurm_parse.py holds the two together.
+
+    The tail (SQUEUE_TAIL_FIELDS) is split off from the end first (about 1 µs a line); a line
+    without one (the format before it was added, as in the older captures) leaves those
+    fields unknown."""
+    submit = restarts = 0
+    exit_code = account = user = ""
+    if TAIL_SEP in line:
+        parts = line.rsplit(TAIL_SEP, _N_TAIL)
+        if len(parts) != _N_TAIL + 1 or parts[-1].strip():
+            return None
+        head, restarts_text, exit_text, account_text, user_text, _ = parts
+        line, sep, submit_text = head.rpartition(SEP)
+        if not sep:
+            return None
+        submit = int(submit_text) if submit_text.isdigit() and len(submit_text) < 13 else 0
+        restarts = int(restarts_text) if restarts_text.isdigit() and len(restarts_text) < 6 else 0
+        exit_code = _exit_code(exit_text)
+        account = _label(account_text)
+        user = _label(user_text)
+    elif line.endswith(SEP):
         line = line[:-1]
     f = line.split(SEP, _N_SQUEUE - 1)
     if len(f) != _N_SQUEUE:
@@ -267,6 +329,11 @@ def _squeue_line(line: str) -> Job | None:
         () if licenses == "(null)" else requested_licenses(licenses.split(",")),
         "" if nodes in _NO_NODES else nodes.strip(),
         count,
+        submit,
+        user,
+        account,
+        exit_code,
+        restarts,
     )
 
 
@@ -296,18 +363,19 @@ def parse_squeue(text: str) -> ParsedJobs:
 # and WorkDir are user text and may hold spaces or `=`; the fields around them are rigid, so
 # the line is read as: a prefix, the rigid middle (first match after Name=), WorkDir, and the
 # rigid tail (from the last ` ReservationName=`). No pattern can backtrack over user text.
-_JOBCOMP_HEAD = re.compile(r"JobId=(\d+) UserId=\S*?\(\d+\) GroupId=\S*?\(\d+\) Name=")
+_JOBCOMP_HEAD = re.compile(r"JobId=(\d+) UserId=(.*?)\(\d+\) GroupId=\S*?\(\d+\) Name=")
 _JOBCOMP_MIDDLE = re.compile(
     r" JobState=([A-Z_]+)(?: by \d+)? Partition=(\S*) TimeLimit=\S+ StartTime=(\S+) "
     r"EndTime=(\S+) NodeList=(\S*) NodeCnt=\d+ ProcCnt=(\d+) WorkDir="
 )
 _JOBCOMP_TAIL = re.compile(
-    r" ReservationName=\S* Tres=(\S*) Account=\S* QOS=\S* WcKey=\S* Cluster=\S* "
-    r"SubmitTime=\S+ EligibleTime=(\S+)"
+    r" ReservationName=.*? Tres=(\S*) Account=(.*?) QOS=\S* WcKey=\S* Cluster=\S* "
+    r"SubmitTime=(\S+) EligibleTime=(\S+)"
     r"(?: ArrayJobId=(\d+) ArrayTaskId=(\d+))?"
     r"(?: HetJobId=\d+ HetJobOffset=\d+)?"
-    r" DerivedExitCode=\S+ ExitCode=\S+\s*"
+    r" DerivedExitCode=\S+ ExitCode=(\d+:\d+|\S+)\s*"
 )
+_EXIT = re.compile(r"^\d{1,3}:\d{1,3}$")
 MAX_JOBCOMP_LINE = 64 * 1024
 
 
@@ -327,7 +395,7 @@ def parse_jobcomp_line(line: str, tz: tzinfo | None = None) -> Job | None:
     if tail is None:
         return None
     state, partition, start, end, nodes, cpus = middle.groups()
-    tres, eligible, array_job_id, array_task_id = tail.groups()
+    tres, account, submit, eligible, array_job_id, array_task_id, exit_code = tail.groups()
     try:
         job_id = int(head.group(1))
         resources = parse_tres(tres)
@@ -346,6 +414,10 @@ def parse_jobcomp_line(line: str, tz: tzinfo | None = None) -> Job | None:
             gpus=resources.gpus,
             licenses=(),
             nodes=nodes,
+            submit_time=parse_time(submit, tz),
+            user=head.group(2),
+            account=account,
+            exit_code=exit_code if _EXIT.match(exit_code) else "",
         )
     except (ValueError, OverflowError):
         return None
@@ -427,6 +499,57 @@ def parse_licenses(text: str) -> list[License]:
         used = parse_int(fields.get("Used", "0"))
         free = parse_int(fields.get("Free", ""), max(0, total - used))
         out.append(License(name, total, used, free))
+    return out
+
+
+# -- reservations -------------------------------------------------------------------------
+
+
+@dataclass
+class ParsedReservations:
+    reservations: list[Reservation] = field(default_factory=list)
+    bad_lines: int = 0
+    first_bad: str = ""
+
+
+# A reservation's name is free text (spaces, `=`, quotes): it is what lies between
+# `ReservationName=` and the last rigid `StartTime=… EndTime=… Duration=… Nodes=… NodeCnt=`
+# block of the line; the rest are single words.
+_RESERVATION = re.compile(
+    r"^ReservationName=(.*) StartTime=(\S+) EndTime=(\S+) Duration=\S+ Nodes=(\S*) NodeCnt="
+)
+_RESERVATION_WORDS = re.compile(r" (PartitionName|Flags)=(\S*)")
+NO_RESERVATIONS = "No reservations in the system"
+
+
+def parse_reservations(text: str, tz: tzinfo | None = None) -> ParsedReservations:
+    """`scontrol show reservation --oneliner` (SLURM_TIME_FORMAT=%s, or local times / `tz`)
+    → reservations. "No reservations in the system" is none."""
+    out = ParsedReservations()
+    for line in text.splitlines():
+        if not line.strip() or line.strip() == NO_RESERVATIONS:
+            continue
+        m = _RESERVATION.match(line)
+        start = end = 0
+        if m is not None:
+            start, end = parse_time(m.group(2), tz), parse_time(m.group(3), tz)
+        if m is None or not start or not end:
+            if not out.bad_lines:
+                out.first_bad = line[:200]
+            out.bad_lines += 1
+            continue
+        words = dict(_RESERVATION_WORDS.findall(line, m.end()))
+        flags = words.get("Flags", "")
+        out.reservations.append(
+            make_reservation(
+                name=m.group(1),
+                start_time=start,
+                end_time=end,
+                nodes=m.group(4),
+                partition=words.get("PartitionName", ""),
+                flags=() if flags in ("", "(null)") else flags.split(","),
+            )
+        )
     return out
 
 

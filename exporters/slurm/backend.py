@@ -1,7 +1,8 @@
-"""The data-source interface: four reads of slurmctld, each one call.
+"""The data-source interface: five reads of slurmctld, each one call.
 
-A collection cycle calls `jobs()` and `nodes()` and one of `scheduler()` / `licenses()`
-(taking turns), so it never makes more than three slurmctld calls. Two backends implement it:
+A collection cycle calls `jobs()` and `nodes()` and one of `scheduler()` / `licenses()` /
+`reservations()` (taking turns), so it never makes more than three slurmctld calls. Two
+backends implement it:
 
 - `portable` (`portable.py`): the Slurm commands with explicit formats, no bindings needed;
 - `pyslurm` (`pyslurm_backend.py`): pyslurm 25.11's API in a worker process.
@@ -24,12 +25,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from hpcobs.exporters.slurm.model import Job, License, Node, SchedulerStats
+from hpcobs.exporters.slurm.model import Job, License, Node, Reservation, SchedulerStats
 
 log = logging.getLogger("hpcobs.slurm")
 
-Call = Literal["jobs", "nodes", "scheduler", "licenses"]
-CALLS: tuple[Call, ...] = ("jobs", "nodes", "scheduler", "licenses")
+Call = Literal["jobs", "nodes", "scheduler", "licenses", "reservations"]
+CALLS: tuple[Call, ...] = ("jobs", "nodes", "scheduler", "licenses", "reservations")
 BACKENDS = ("auto", "pyslurm", "portable")
 
 
@@ -65,6 +66,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def licenses(self) -> list[License]:
         """Configured licenses and their use."""
+
+    @abc.abstractmethod
+    def reservations(self) -> list[Reservation]:
+        """Current and future reservations."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (a worker process)."""
@@ -242,6 +247,9 @@ class DeferredBackend(Backend):
 
     def licenses(self) -> list[License]:
         return self._resolve("licenses").licenses()
+
+    def reservations(self) -> list[Reservation]:
+        return self._resolve("reservations").reservations()
 
     def close(self) -> None:
         with self._lock:

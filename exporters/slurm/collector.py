@@ -2,14 +2,17 @@
 
 Gauges describe slurmctld's current state and are dropped once the last successful cycle is
 older than `--slurm.stale-after`; counters (finished jobs, resource-seconds, queue waits,
-wait thresholds) come from the ledger and are always served.
+wait thresholds, run times, requeues, pending time) and the list of recent failures come
+from the ledger and are always served. What depends on the time (a failure's age, whether a
+maintenance reservation is active) is decided at scrape time.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client.metrics_core import Metric
@@ -19,7 +22,7 @@ from hpcobs.exporters.runtime.families import Families
 from hpcobs.exporters.runtime.metricdef import MetricDef
 from hpcobs.exporters.slurm.backend import Call, startup_backend
 from hpcobs.exporters.slurm.jobcomp import JobcompTail, Position
-from hpcobs.exporters.slurm.ledger import RESOURCES, Ledger
+from hpcobs.exporters.slurm.ledger import RESOURCES, FailedJob, Hist, Ledger
 from hpcobs.exporters.slurm.options import SlurmOptions
 from hpcobs.exporters.slurm.poller import Poller, Published
 from hpcobs.exporters.slurm.state import restore_state
@@ -284,6 +287,79 @@ WAIT_EXCEEDED = MetricDef(
     ("partition", "threshold"),
 )
 
+RUN_SECONDS = MetricDef(
+    "hpcobs_slurm_job_run_seconds",
+    "histogram",
+    "Make-span of finished jobs (array tasks) that ran: end − start, observed once per run, by "
+    "partition and final state (--slurm.run-time-buckets).",
+    ("partition", "state"),
+)
+TIME_TO_RESULT = MetricDef(
+    "hpcobs_slurm_job_time_to_result_seconds",
+    "histogram",
+    "Submit to end of jobs (array tasks) that COMPLETED, observed once per job "
+    "(--slurm.time-to-result-buckets; Slurm resets the submit time when it requeues a job).",
+    ("partition",),
+)
+REQUEUES = MetricDef(
+    "hpcobs_slurm_job_requeues_total",
+    "counter",
+    "Requeues of jobs (preemption with REQUEUE, node failure, scontrol requeue), each counted "
+    "once.",
+    ("partition",),
+)
+PENDING_SECONDS = MetricDef(
+    "hpcobs_slurm_pending_seconds_total",
+    "counter",
+    "Job-seconds spent pending (array tasks each counted), by partition and Slurm's pending "
+    "reason at each poll (licence wait: reason Licenses).",
+    ("partition", "reason"),
+)
+ACCOUNT_SECONDS = MetricDef(
+    "hpcobs_slurm_account_resource_seconds_total",
+    "counter",
+    "Allocated resource-time of finished jobs (allocated count × run time) by account "
+    "(the --slurm.max-accounts most used by name, the rest as other; none without an account), "
+    "resource (cpu, gpu) and final state.",
+    ("account", "resource", "state"),
+)
+FAILED_INFO = MetricDef(
+    "hpcobs_slurm_job_failed_info",
+    "gauge",
+    "1 for each of the latest jobs (at most --slurm.failed-jobs.max) that ended FAILED, "
+    "NODE_FAIL, TIMEOUT, OUT_OF_MEMORY or BOOT_FAIL within --slurm.failed-jobs.max-age; "
+    "exit_code is Slurm's exit:signal, nodes its host list (cut at 128 characters), log_url "
+    "the --slurm.job-log-url template filled in (absent without it).",
+    ("job_id", "user", "account", "partition", "state", "exit_code", "nodes", "log_url"),
+)
+
+# -- reservations ----------------------------------------------------------------------------------
+RESERVATION_INFO = MetricDef(
+    "hpcobs_slurm_reservation_info",
+    "gauge",
+    "1 for each current or future reservation, with its flags (sorted, comma-separated) and "
+    "partition (empty for none).",
+    ("reservation", "flags", "partition"),
+)
+RESERVATION_START = MetricDef(
+    "hpcobs_slurm_reservation_start_timestamp_seconds",
+    "gauge",
+    "Unix time a current or future reservation starts.",
+    ("reservation",),
+)
+RESERVATION_END = MetricDef(
+    "hpcobs_slurm_reservation_end_timestamp_seconds",
+    "gauge",
+    "Unix time a current or future reservation ends.",
+    ("reservation",),
+)
+NODE_MAINTENANCE = MetricDef(
+    "hpcobs_slurm_node_maintenance",
+    "gauge",
+    "1 while the node is in an active reservation with the MAINT flag (only such nodes appear).",
+    ("node",),
+)
+
 # -- sections: the families each part of a scrape shows, in exposition order -----------------
 # A section that applies shows every one of its families, with or without samples (HELP and
 # TYPE alone say the exporter knows the metric); one that does not apply shows none. So the
@@ -303,7 +379,18 @@ SELF = (
     STATE_SAVE_ERRORS,
 )
 JOBCOMP = (JOBCOMP_UP, JOBCOMP_OFFSET, JOBCOMP_BAD)  # with --slurm.jobcomp-file
-LEDGER = (FINISHED, RESOURCE_SECONDS, QUEUE_WAIT, WAIT_EXCEEDED)  # always: counters
+LEDGER = (  # always: counters and the recent failures
+    FINISHED,
+    RESOURCE_SECONDS,
+    QUEUE_WAIT,
+    WAIT_EXCEEDED,
+    RUN_SECONDS,
+    TIME_TO_RESULT,
+    REQUEUES,
+    PENDING_SECONDS,
+    ACCOUNT_SECONDS,
+    FAILED_INFO,
+)
 # Gauges of slurmctld's state, while fresh (--slurm.stale-after) and once read:
 QUEUE = (JOBS, PENDING, RUNNING_CPUS, RUNNING_GPUS, RUNNING_MEMORY, LICENSE_PENDING)
 NODES_SECTION = (
@@ -316,6 +403,7 @@ NODES_SECTION = (
     PART_GPUS_ALLOC,
 )
 LICENSES = (LICENSE_COUNT, LICENSE_USED, LICENSE_FREE)
+RESERVATIONS = (RESERVATION_INFO, RESERVATION_START, RESERVATION_END, NODE_MAINTENANCE)
 SCHEDULER = (
     SCHED_THREADS,
     SCHED_AGENT_QUEUE,
@@ -339,15 +427,17 @@ METRICS = (
     *QUEUE,
     *NODES_SECTION,
     *LICENSES,
+    *RESERVATIONS,
     *SCHEDULER,
 )
 
 _ALWAYS_JOB_STATES = ("pending", "running")
-_CALLS = ("jobs", "nodes", "scheduler", "licenses")
+_CALLS = ("jobs", "nodes", "scheduler", "licenses", "reservations")
 
 
-def families(p: Published, now: float, stale_after: float) -> list[Metric]:
-    """Every family for the published result `p` at time `now`, section by section."""
+def families(p: Published, now: float, stale_after: float, log_url: str = "") -> list[Metric]:
+    """Every family for the published result `p` at time `now`, section by section
+    (`log_url`: the --slurm.job-log-url template)."""
     fresh = p.last_success > 0 and now - p.last_success <= stale_after
     partitions: frozenset[str] = frozenset()
     if p.jobs is not None:
@@ -367,6 +457,7 @@ def families(p: Published, now: float, stale_after: float) -> list[Metric]:
         _jobcomp(out, p)
     shown.append(LEDGER)
     _ledger(out, p, partitions)
+    _failed(out, p.ledger.recent_failures(now), log_url)
     if fresh:
         if p.jobs is not None:
             shown.append(QUEUE)
@@ -377,6 +468,9 @@ def families(p: Published, now: float, stale_after: float) -> list[Metric]:
         if p.licenses is not None:
             shown.append(LICENSES)
             _licenses(out, p)
+        if p.reservations is not None:
+            shown.append(RESERVATIONS)
+            _reservations(out, p, now)
         if p.scheduler is not None:
             shown.append(SCHEDULER)
             _scheduler(out, p)
@@ -404,7 +498,7 @@ def _self(out: Families, p: Published) -> None:
                 out.add_values(metric, (call,), values.get(call, 0))
     for call, seconds in sorted(p.call_seconds.items()):
         out.add_values(CALL_SECONDS, (call,), seconds)
-    for call in ("jobs", "nodes"):
+    for call in ("jobs", "nodes", "reservations"):
         if call in p.calls:
             out.add_values(PARSE_ERRORS, (call,), p.parse_errors.get(call, 0))
     out.add_values(TRACKED, (), p.tracked_jobs)
@@ -422,31 +516,99 @@ def _ledger(out: Families, p: Published, partitions: frozenset[str]) -> None:
     """The exactly-once counters. Every known partition gets every series at 0 before its
     first event, as Prometheus' practice for counters asks: `increase()` cannot see a series
     that is born with the value 2, so the first NODE_FAIL of a partition would be missed by
-    the SLO rules and alerts."""
+    the SLO rules and alerts. (Run-time histograms by state, pending time by reason and
+    resource-time by account start with their first event: their label sets are wider.)"""
     view = p.ledger
     finished = dict(view.finished)
     resource_seconds = dict(view.resource_seconds)
-    waits = dict(view.waits)
+    waits: dict[tuple[str], Hist] = {(k,): v for k, v in view.waits.items()}
     exceeded = dict(view.exceeded)
-    empty = (tuple(0 for _ in range(len(view.bounds) + 1)), 0.0)
+    results: dict[tuple[str], Hist] = {(k,): v for k, v in view.time_to_result.items()}
+    requeues = dict(view.requeues)
+    empty_wait = (tuple(0 for _ in range(len(view.bounds) + 1)), 0.0)
+    empty_result = (tuple(0 for _ in range(len(view.result_bounds) + 1)), 0.0)
     for partition in partitions:
         for state, cause in view.causes.items():
             finished.setdefault((partition, state, cause), 0.0)
             for resource in RESOURCES:
                 resource_seconds.setdefault((partition, state, resource), 0.0)
-        waits.setdefault(partition, empty)
+        waits.setdefault((partition,), empty_wait)
         for threshold in view.thresholds:
             exceeded.setdefault((partition, threshold), 0.0)
+        results.setdefault((partition,), empty_result)
+        requeues.setdefault(partition, 0.0)
     for labels, value in sorted(finished.items()):
         out.add_values(FINISHED, labels, value)
     for labels, value in sorted(resource_seconds.items()):
         out.add_values(RESOURCE_SECONDS, labels, value)
-    bounds = [repr(float(b)) for b in view.bounds] + ["+Inf"]
-    for partition, (cumulative, total) in sorted(waits.items()):
-        buckets = [(le, float(n)) for le, n in zip(bounds, cumulative, strict=True)]
-        out.histogram(QUEUE_WAIT, (partition,), buckets, total)
+    _histograms(out, QUEUE_WAIT, waits, view.bounds)
     for pair, value in sorted(exceeded.items()):
         out.add_values(WAIT_EXCEEDED, pair, value)
+    _histograms(out, RUN_SECONDS, view.run, view.run_bounds)
+    _histograms(out, TIME_TO_RESULT, results, view.result_bounds)
+    for partition, value in sorted(requeues.items()):
+        out.add_values(REQUEUES, (partition,), value)
+    for key, value in sorted(view.pending_seconds.items()):
+        out.add_values(PENDING_SECONDS, key, value)
+    for series, value in sorted(view.account_seconds.items()):
+        out.add_values(ACCOUNT_SECONDS, series, value)
+
+
+def _histograms(
+    out: Families,
+    metric: MetricDef,
+    hists: Mapping[Any, Hist],
+    bounds: Sequence[float],
+) -> None:
+    les = [repr(float(b)) for b in bounds] + ["+Inf"]
+    for labels, (cumulative, total) in sorted(hists.items()):
+        buckets = [(le, float(n)) for le, n in zip(les, cumulative, strict=True)]
+        out.histogram(metric, labels, buckets, total)
+
+
+def log_link(template: str, job: FailedJob) -> str:
+    """`template` (--slurm.job-log-url) with the job's values, each URL-quoted."""
+    values = {
+        "job_id": job.job_id,
+        "user": job.user,
+        "account": job.account,
+        "partition": job.partition,
+        "start": job.start_time,
+        "end": job.end_time,
+    }
+    return template.format_map({k: urllib.parse.quote(str(v), safe="") for k, v in values.items()})
+
+
+def _failed(out: Families, failed: Sequence[FailedJob], log_url: str) -> None:
+    for job in failed:
+        labels = {
+            "job_id": str(job.job_id),
+            "user": job.user,
+            "account": job.account,
+            "partition": job.partition,
+            "state": job.state,
+            "exit_code": job.exit_code,
+            "nodes": job.nodes,
+        }
+        if log_url:
+            labels["log_url"] = log_link(log_url, job)
+        out.add(FAILED_INFO, labels, 1.0)
+
+
+def _reservations(out: Families, p: Published, now: float) -> None:
+    assert p.reservations is not None
+    for r in p.reservations.reservations:
+        if r.end_time <= now:
+            continue  # ended since it was read (slurmctld drops it)
+        out.add_values(RESERVATION_INFO, (r.name, ",".join(r.flags), r.partition), 1.0)
+        out.add_values(RESERVATION_START, (r.name,), r.start_time)
+        out.add_values(RESERVATION_END, (r.name,), r.end_time)
+    nodes: set[str] = set()
+    for start, end, names in p.reservations.maintenance:
+        if start <= now < end:
+            nodes |= names
+    for node in sorted(nodes):
+        out.add_values(NODE_MAINTENANCE, (node,), 1.0)
 
 
 def _queue(out: Families, p: Published, partitions: frozenset[str]) -> None:
@@ -544,16 +706,32 @@ class SlurmCollector(Collector):
         poller: Poller,
         stale_after: float,
         clock: Callable[[], float] = time.time,
+        log_url: str = "",
     ) -> None:
         self.poller = poller
         self.stale_after = stale_after
         self.clock = clock
+        self.log_url = log_url
 
     def collect(self) -> Iterator[Metric]:
-        return iter(families(self.poller.published, self.clock(), self.stale_after))
+        return iter(families(self.poller.published, self.clock(), self.stale_after, self.log_url))
 
     def close(self) -> None:
         self.poller.close()
+
+
+def make_ledger(options: SlurmOptions) -> Ledger:
+    """An empty ledger configured by the options."""
+    return Ledger(
+        causes=options.causes,
+        buckets=options.buckets,
+        thresholds=options.thresholds,
+        run_buckets=options.run_buckets,
+        result_buckets=options.result_buckets,
+        failed_max=options.failed_jobs_max,
+        failed_max_age=options.failed_jobs_max_age,
+        max_accounts=options.max_accounts,
+    )
 
 
 def build_collector(options: SlurmOptions, *, start: bool = True) -> SlurmCollector:
@@ -562,7 +740,7 @@ def build_collector(options: SlurmOptions, *, start: bool = True) -> SlurmCollec
     Nothing here can block: the state file is read non-blocking (a corrupt one is moved aside,
     see `state.py`), and a backend whose choice needs a command or a worker process is chosen
     at the poller's first call. Raises ValueError only for options that cannot work."""
-    ledger = Ledger(causes=options.causes, buckets=options.buckets, thresholds=options.thresholds)
+    ledger = make_ledger(options)
     position: Position | None = None
     state_file = options.state_file
     jobcomp_start = "end" if options.jobcomp_start == "end" else "beginning"
@@ -618,6 +796,8 @@ def build_collector(options: SlurmOptions, *, start: bool = True) -> SlurmCollec
     extras: list[Call] = []
     if options.scheduler_stats:
         extras.append("scheduler")
+    if options.reservations:
+        extras.append("reservations")  # before licenses: maintenance suppresses alerts
     if options.licenses:
         extras.append("licenses")
     backend = startup_backend(
@@ -637,4 +817,4 @@ def build_collector(options: SlurmOptions, *, start: bool = True) -> SlurmCollec
     )
     if start:
         poller.start()
-    return SlurmCollector(poller, options.stale_after)
+    return SlurmCollector(poller, options.stale_after, log_url=options.job_log_url)

@@ -9,6 +9,9 @@ a state or a reason means, and every label value stays in a bounded set.
 
 A job record may stand for many tasks of an array: `array_task_ids` reads Slurm's task
 specification (`0-999%10`, `1,3,5-9`, `0x1F`), `compress_ids` writes one (for the state file).
+
+Text that ends up in a label value (user, account, reservation and node names) goes through
+`label_value`: one printable line, at most `MAX_LABEL_CHARS` characters.
 """
 
 from __future__ import annotations
@@ -94,6 +97,10 @@ _BUSY = frozenset({"allocated", "mixed", "completing"})
 _NODE_ALIASES = {"alloc": "allocated", "mix": "mixed", "comp": "completing", "futr": "future"}
 
 
+FAILED_INFO_STATES = frozenset({"failed", "node_fail", "timeout", "out_of_memory", "boot_fail"})
+"""Final states of the jobs `hpcobs_slurm_job_failed_info` lists (a failure, not a choice)."""
+
+
 def job_state(raw: str) -> str:
     """`COMPLETED`, `CANCELLED by 0`, `NODE_FAIL` → `completed`, `cancelled`, `node_fail`;
     anything else Slurm does not define → `unknown` (labels stay bounded)."""
@@ -117,7 +124,7 @@ def node_state(raw: str) -> str:
         return "fail"
     if "drain" in flags:
         return "draining" if base in _BUSY or "completing" in flags else "drain"
-    if "maint" in flags or base == "maint":
+    if flags & {"maint", "maintenance"} or base in ("maint", "maintenance"):
         return "maint"
     if flags & {"reboot_requested", "reboot_issued", "reboot"}:
         return "reboot"
@@ -161,6 +168,39 @@ def pending_reason(raw: str) -> str:
         if text.startswith(prefix):
             return name
     return "other"
+
+
+# -- label values -------------------------------------------------------------------------
+
+MAX_LABEL_CHARS = 128
+"""Longest label value made from Slurm's free text (user, account, reservation, node list);
+longer text is cut to this length, its last three characters replaced by `...`."""
+CUT_MARK = "..."
+_NULLS = frozenset({"", "(null)", "None", "N/A"})
+
+
+def label_value(raw: str, limit: int = MAX_LABEL_CHARS, empty: str = "") -> str:
+    """`raw` as a safe label value: surrounding blanks removed, every character that is not
+    printable (control characters, line and paragraph separators, lone surrogates, which
+    could not be written as UTF-8) replaced by `?`, cut to `limit` characters (ending in
+    `...`); `empty` for nothing or Slurm's `(null)`. Quotes, backslashes and other printable
+    Unicode stay: the exposition escapes them."""
+    text = raw.strip()
+    if text in _NULLS:
+        return empty
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else "?" for c in text)
+    if len(text) > limit:
+        text = text[: max(0, limit - len(CUT_MARK))] + CUT_MARK
+    return text
+
+
+def exit_code_text(status: int) -> str:
+    """A wait status as Slurm writes an exit code, `exit:signal` (`768` → `3:0`, `9` → `0:9`)."""
+    if status < 0 or status > 0xFFFF:
+        return ""
+    signal = status & 0x7F
+    return f"0:{signal}" if signal else f"{status >> 8}:0"
 
 
 # -- resources ----------------------------------------------------------------------------
@@ -263,7 +303,9 @@ class Job(NamedTuple):
     Times are Unix seconds, 0 when unknown. `array_tasks` is "" for a job that is not part of
     an array, the task id for an array task with its own record (`7`) and the remainder's
     specification for the pending rest of an array (`8-999%10`); `task_count` is how many
-    tasks the record stands for.
+    tasks the record stands for. `submit_time` is reset by Slurm when the job is requeued;
+    `restarts` counts the requeues; `exit_code` is `exit:signal` (`3:0`), "" when unknown;
+    `user` and `account` are label values (`label_value`), "" when unknown.
     """
 
     job_id: int
@@ -281,6 +323,11 @@ class Job(NamedTuple):
     licenses: tuple[tuple[str, int], ...]
     nodes: str
     task_count: int = 1
+    submit_time: int = 0
+    user: str = ""
+    account: str = ""
+    exit_code: str = ""
+    restarts: int = 0
 
     @property
     def is_array(self) -> bool:
@@ -329,6 +376,11 @@ def make_job(
     gpus: int,
     licenses: tuple[tuple[str, int], ...],
     nodes: str,
+    submit_time: int = 0,
+    user: str = "",
+    account: str = "",
+    exit_code: str = "",
+    restarts: int = 0,
 ) -> Job:
     """A Job with normalised fields (shared by every source, so they agree; the squeue
     parser's hot loop inlines the same rules, and a test holds the two together)."""
@@ -356,6 +408,11 @@ def make_job(
         licenses=licenses,
         nodes=nodes,
         task_count=count,
+        submit_time=submit_time,
+        user=label_value(user),
+        account=label_value(account),
+        exit_code=exit_code,
+        restarts=max(0, restarts),
     )
 
 
@@ -385,6 +442,134 @@ class License:
     total: int
     used: int
     free: int
+
+
+# -- reservations ---------------------------------------------------------------------------
+
+# pyslurm's names of reservation flags → the names scontrol prints (and Slurm reads).
+_FLAG_ALIASES = {
+    "MAINTENANCE": "MAINT",
+    "IGNORE_RUNNING_JOBS": "IGNORE_JOBS",
+    "STATIC_NODES": "STATIC",
+    "PARTITION_NODES_ONLY": "PART_NODES",
+    "USER_DELETION": "USER_DELETE",
+    "PURGE": "PURGE_COMP",
+    "SPECIFIC_NODES": "SPEC_NODES",
+    "NO_JOB_HOLD_AFTER_END": "NO_HOLD_JOBS_AFTER_END",
+}
+_FLAG = re.compile(r"^[A-Z][A-Z0-9_]{0,39}$")
+
+
+def reservation_flags(names: Iterable[str]) -> tuple[str, ...]:
+    """Reservation flags as scontrol names them, sorted, each once (`maint`, `MAINTENANCE`
+    (pyslurm) → `MAINT`; `PURGE_COMP=00:05:00` → `PURGE_COMP`); anything that is not a flag
+    word is left out, so the `flags` label stays within Slurm's vocabulary."""
+    out = set()
+    for name in names:
+        word = name.strip().split("=", 1)[0].upper()
+        word = _FLAG_ALIASES.get(word, word)
+        if _FLAG.match(word):
+            out.add(word)
+    return tuple(sorted(out))
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A current or future reservation. `name` is a label value (`label_value`), `nodes`
+    Slurm's compressed host list (`node[01-04],gpu7`; "" for none), `partition` "" for none,
+    `flags` as `reservation_flags` gives them; times are Unix seconds."""
+
+    name: str
+    start_time: int
+    end_time: int
+    nodes: str
+    partition: str
+    flags: tuple[str, ...]
+
+    @property
+    def maintenance(self) -> bool:
+        return "MAINT" in self.flags
+
+    def active(self, now: float) -> bool:
+        return self.start_time <= now < self.end_time
+
+
+def make_reservation(
+    *, name: str, start_time: int, end_time: int, nodes: str, partition: str, flags: Iterable[str]
+) -> Reservation:
+    """A Reservation with normalised fields (both backends build them here)."""
+    nodes = nodes.strip()
+    return Reservation(
+        name=label_value(name),
+        start_time=max(0, start_time),
+        end_time=max(0, end_time),
+        nodes="" if nodes in _NULLS else nodes,
+        partition=label_value(partition),
+        flags=reservation_flags(flags),
+    )
+
+
+MAX_HOSTS = 1_000_000
+"""Sanity bound on the host names one host list may expand to."""
+
+
+def _split_top(text: str) -> list[str]:
+    """`a[1-2],b,c[3,5]` → [`a[1-2]`, `b`, `c[3,5]`] (commas inside brackets stay)."""
+    out, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        if c == "[":
+            depth += 1
+        elif c == "]":
+            depth -= 1
+        elif c == "," and depth == 0:
+            out.append(text[start:i])
+            start = i + 1
+    out.append(text[start:])
+    return [item for item in (o.strip() for o in out) if item]
+
+
+def _ranges(spec: str) -> list[str]:
+    """`01-03,7` → [`01`, `02`, `03`, `7`] (a lower bound's zero padding is kept)."""
+    out: list[str] = []
+    for part in spec.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            raise ValueError(f"bad host range {part!r}")
+        first, last = int(lo), int(hi) if dash else int(lo)
+        if last < first or last - first + 1 + len(out) > MAX_HOSTS:
+            raise ValueError(f"bad host range {part!r}")
+        width = len(lo) if lo.startswith("0") else 0
+        out.extend(str(n).zfill(width) for n in range(first, last + 1))
+    return out
+
+
+def expand_hostlist(text: str) -> list[str]:
+    """Slurm's compressed host list → host names: `node[01-03,7],gpu1` → node01, node02,
+    node03, node7, gpu1; several bracket groups multiply (`r[1-2]n[1-2]`). Raises ValueError
+    on anything else, or beyond MAX_HOSTS names."""
+    hosts: list[str] = []
+    for item in _split_top(text.strip()):
+        names = [""]
+        rest = item
+        while rest:
+            open_at = rest.find("[")
+            if open_at < 0:
+                if "]" in rest:
+                    raise ValueError(f"unbalanced brackets in {item!r}")
+                names = [n + rest for n in names]
+                break
+            close_at = rest.find("]", open_at)
+            if close_at < 0 or "]" in rest[:open_at]:
+                raise ValueError(f"unbalanced brackets in {item!r}")
+            prefix, spec, rest = rest[:open_at], rest[open_at + 1 : close_at], rest[close_at + 1 :]
+            values = _ranges(spec)
+            if len(names) * len(values) + len(hosts) > MAX_HOSTS:
+                raise ValueError("host list too long")
+            names = [n + prefix + v for n in names for v in values]
+        hosts.extend(names)
+        if len(hosts) > MAX_HOSTS:
+            raise ValueError("host list too long")
+    return hosts
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
@@ -24,6 +25,9 @@ from hpcobs.exporters.slurm.model import FINISHED_STATES
 
 DEFAULT_THRESHOLDS = "1h,4h,24h"
 DEFAULT_BUCKETS = "10s,30s,1m,5m,10m,30m,1h,2h,4h,8h,12h,1d,2d"
+DEFAULT_RUN_BUCKETS = "1m,5m,15m,30m,1h,2h,4h,8h,12h,1d,2d,3d,7d"
+LOG_URL_FIELDS = ("job_id", "user", "account", "partition", "start", "end")
+"""Placeholders of --slurm.job-log-url (each replaced by the URL-quoted value)."""
 
 
 # -- flag value types (argparse `type=`: text → the field's value, ArgumentTypeError if bad) --
@@ -64,6 +68,29 @@ def parse_cause_map(text: str) -> dict[str, str]:
 
 def _causes(text: str) -> dict[str, str]:
     return {**DEFAULT_CAUSES, **parse_cause_map(text)}
+
+
+def parse_log_url(text: str) -> str:
+    """A URL template with `{job_id}` (and optionally {user}, {account}, {partition},
+    {start}, {end}); "" for none. Literal braces are written `{{` and `}}`."""
+    text = str(text).strip()
+    if not text:
+        return ""
+    try:
+        fields = [f for _, f, spec, conv in string.Formatter().parse(text) if f is not None]
+        specs = [(spec, conv) for _, f, spec, conv in string.Formatter().parse(text) if f]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad URL template {text!r}: {exc}") from None
+    unknown = sorted({f for f in fields if f not in LOG_URL_FIELDS})
+    if unknown or any(spec or conv for spec, conv in specs):
+        raise argparse.ArgumentTypeError(
+            f"the URL template {text!r} may hold only "
+            f"{', '.join('{' + f + '}' for f in LOG_URL_FIELDS)} (no format specification), "
+            f"not {', '.join(repr('{' + f + '}') for f in unknown) or 'a format specification'}"
+        )
+    if "job_id" not in fields:
+        raise argparse.ArgumentTypeError(f"the URL template {text!r} lacks {{job_id}}")
+    return text
 
 
 def _optional_path(text: str) -> Path | None:
@@ -252,6 +279,30 @@ class SlurmOptions:
             )
         },
     )
+    run_buckets: tuple[float, ...] = field(
+        default=parse_durations(DEFAULT_RUN_BUCKETS),
+        metadata={
+            "flag": Flag(
+                "--slurm.run-time-buckets",
+                "bucket bounds of hpcobs_slurm_job_run_seconds (make-span of finished jobs; "
+                f"default {DEFAULT_RUN_BUCKETS})",
+                metavar="LIST",
+                type=parse_durations,
+            )
+        },
+    )
+    result_buckets: tuple[float, ...] = field(
+        default=parse_durations(DEFAULT_RUN_BUCKETS),
+        metadata={
+            "flag": Flag(
+                "--slurm.time-to-result-buckets",
+                "bucket bounds of hpcobs_slurm_job_time_to_result_seconds (submit to end of "
+                f"completed jobs; default {DEFAULT_RUN_BUCKETS})",
+                metavar="LIST",
+                type=parse_durations,
+            )
+        },
+    )
     causes: Mapping[str, str] = field(
         default_factory=lambda: dict(DEFAULT_CAUSES),
         metadata={
@@ -285,6 +336,66 @@ class SlurmOptions:
             )
         },
     )
+    reservations: bool = field(
+        default=True,
+        metadata={
+            "flag": Flag(
+                "--slurm.reservations",
+                "read reservations (takes turns with licenses and scheduler statistics; "
+                "default on): hpcobs_slurm_reservation_*, hpcobs_slurm_node_maintenance",
+                boolean=True,
+            )
+        },
+    )
+    failed_jobs_max: int = field(
+        default=50,
+        metadata={
+            "flag": Flag(
+                "--slurm.failed-jobs.max",
+                "hpcobs_slurm_job_failed_info lists at most this many of the latest failed "
+                "jobs (default 50)",
+                metavar="N",
+                at_least=0,
+            )
+        },
+    )
+    failed_jobs_max_age: float = field(
+        default=3600.0,
+        metadata={
+            "flag": Flag(
+                "--slurm.failed-jobs.max-age",
+                "and only those that ended within this time (default 1h)",
+                metavar="DURATION",
+                type=parse_duration,
+            )
+        },
+    )
+    max_accounts: int = field(
+        default=100,
+        metadata={
+            "flag": Flag(
+                "--slurm.max-accounts",
+                "hpcobs_slurm_account_resource_seconds_total names at most this many accounts, "
+                'the most used; the rest count as account="other" (default 100)',
+                metavar="N",
+                at_least=0,
+            )
+        },
+    )
+    job_log_url: str = field(
+        default="",
+        metadata={
+            "flag": Flag(
+                "--slurm.job-log-url",
+                "URL template of a job's logs (a Loki, Elasticsearch or Open OnDemand search), "
+                "with {job_id} and optionally {user}, {account}, {partition}, {start}, {end}: "
+                "hpcobs_slurm_job_failed_info gets it, filled in, as its log_url label "
+                "(default none; the exporter never reads job output)",
+                metavar="URL",
+                type=parse_log_url,
+            )
+        },
+    )
     node_reasons_max: int = field(
         default=500,
         metadata={
@@ -298,7 +409,7 @@ class SlurmOptions:
     )
 
     def __post_init__(self) -> None:
-        for name in ("poll_interval", "timeout"):
+        for name in ("poll_interval", "timeout", "failed_jobs_max_age"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{flag_of(name).name} must be positive")
         if self.stale_after <= self.poll_interval:

@@ -7,7 +7,7 @@ One cycle per `--slurm.poll-interval`, in one thread, never two at once:
 3. save the ledger and the jobcomp position atomically, then publish the counters (a job is
    never shown counted before its counting is on disk);
 4. `nodes()` — call 2;
-5. `scheduler()` or `licenses()`, taking turns — call 3.
+5. `scheduler()`, `reservations()` or `licenses()`, taking turns — call 3.
 
 A failed call ends the cycle (no further calls to a slurmctld that is down or slow). Scrapes
 never wait for a cycle: they read the last `Published` result, whose gauges the collector
@@ -28,7 +28,16 @@ from typing import Any, TypeVar
 from hpcobs.exporters.slurm.backend import Backend, Call, SlurmCallError
 from hpcobs.exporters.slurm.jobcomp import JobcompTail
 from hpcobs.exporters.slurm.ledger import Ledger, LedgerView
-from hpcobs.exporters.slurm.model import Job, License, Node, SchedulerStats, pending_reason
+from hpcobs.exporters.slurm.model import (
+    Job,
+    License,
+    Node,
+    Reservation,
+    SchedulerStats,
+    expand_hostlist,
+    label_value,
+    pending_reason,
+)
 from hpcobs.exporters.slurm.state import save_state
 
 log = logging.getLogger("hpcobs.slurm")
@@ -76,6 +85,40 @@ class SchedulerView:
 class LicensesView:
     at: float
     licenses: tuple[License, ...]
+
+
+@dataclass(frozen=True)
+class ReservationsView:
+    """Reservations by name (label values, each once), and for each with the MAINT flag its
+    window and node names (so a scrape can tell which nodes are in maintenance at its time)."""
+
+    at: float
+    reservations: tuple[Reservation, ...]
+    maintenance: tuple[tuple[int, int, frozenset[str]], ...]
+    unreadable_nodes: int = 0
+
+
+def summarize_reservations(reservations: Sequence[Reservation], at: float) -> ReservationsView:
+    by_name: dict[str, Reservation] = {}
+    for r in sorted(reservations, key=lambda r: (r.name, r.start_time, r.end_time)):
+        by_name.setdefault(r.name, r)  # names cut to the same label value: the first
+    maintenance = []
+    unreadable = 0
+    for r in reservations:
+        if not r.maintenance or not r.nodes:
+            continue
+        try:
+            nodes = frozenset(label_value(n) for n in expand_hostlist(r.nodes))
+        except ValueError:
+            unreadable += 1
+            continue
+        maintenance.append((r.start_time, r.end_time, nodes))
+    return ReservationsView(
+        at=at,
+        reservations=tuple(by_name.values()),
+        maintenance=tuple(sorted(maintenance, key=lambda m: (m[0], m[1], sorted(m[2])))),
+        unreadable_nodes=unreadable,
+    )
 
 
 def summarize_jobs(jobs: Sequence[Job], at: float) -> JobsView:
@@ -153,6 +196,7 @@ class Published:
     nodes: NodesView | None = None
     scheduler: SchedulerView | None = None
     licenses: LicensesView | None = None
+    reservations: ReservationsView | None = None
     cycles_done: int = 0
     last_cycle_ok: bool = False
     last_success: float = 0.0
@@ -180,7 +224,7 @@ class Poller:
         ledger: Ledger,
         *,
         poll_interval: float = 30.0,
-        extras: Sequence[Call] = ("scheduler", "licenses"),
+        extras: Sequence[Call] = ("scheduler", "reservations", "licenses"),
         jobcomp: JobcompTail | None = None,
         state_file: Path | None = None,
         node_reasons_max: int = 500,
@@ -296,6 +340,9 @@ class Poller:
                     if extra == "scheduler":
                         stats = self._call("scheduler", self.backend.scheduler)
                         changes["scheduler"] = SchedulerView(now, stats)
+                    elif extra == "reservations":
+                        reservations = self._call("reservations", self.backend.reservations)
+                        changes["reservations"] = summarize_reservations(reservations, now)
                     else:
                         licenses = self._call("licenses", self.backend.licenses)
                         ordered = tuple(sorted(licenses, key=lambda x: x.name))

@@ -22,12 +22,13 @@ from hpcobs.exporters.parse.slurm import (
     SINFO_FORMAT,
     SQUEUE_FORMAT,
     parse_licenses,
+    parse_reservations,
     parse_sdiag,
     parse_sinfo,
     parse_squeue,
 )
 from hpcobs.exporters.slurm.backend import Backend, SlurmCallError
-from hpcobs.exporters.slurm.model import Job, License, Node, SchedulerStats
+from hpcobs.exporters.slurm.model import Job, License, Node, Reservation, SchedulerStats
 
 _STRIP_PREFIXES = ("SQUEUE_", "SINFO_", "SCONTROL_", "SDIAG_", "SLURM_TIME_FORMAT")
 
@@ -112,6 +113,7 @@ class PortableBackend(Backend):
     SQUEUE_ARGS = ("--all", "--noheader", "--states=all", "--Format", SQUEUE_FORMAT)
     SINFO_ARGS = ("--all", "--noheader", "--Node", "--Format", SINFO_FORMAT)
     LICENSE_ARGS = ("show", "licenses", "--oneliner")
+    RESERVATION_ARGS = ("show", "reservation", "--oneliner")
 
     def __init__(
         self,
@@ -181,3 +183,8 @@ class PortableBackend(Backend):
 
     def licenses(self) -> list[License]:
         return parse_licenses(self._run("licenses", "scontrol", self.LICENSE_ARGS))
+
+    def reservations(self) -> list[Reservation]:
+        parsed = parse_reservations(self._run("reservations", "scontrol", self.RESERVATION_ARGS))
+        self.parse_errors["reservations"] += parsed.bad_lines
+        return parsed.reservations

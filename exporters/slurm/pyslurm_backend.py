@@ -1,5 +1,6 @@
 """The pyslurm backend: pyslurm 25.11's API (`pyslurm.Jobs.load()`, `pyslurm.Nodes.load()`,
-`pyslurm.slurmctld.diag()`, `pyslurm.licenses().get()`), in a worker process.
+`pyslurm.slurmctld.diag()`, `pyslurm.licenses().get()`, `pyslurm.Reservations.load()`), in a
+worker process.
 
 pyslurm calls libslurm holding the GIL: a slow or unreachable slurmctld would freeze every
 thread of the exporter, HTTP server included, for the client's whole retry time. So the calls
@@ -30,10 +31,12 @@ from hpcobs.exporters.slurm.model import (
     Job,
     License,
     Node,
+    Reservation,
     SchedulerStats,
     gpu_count,
     job_state,
     make_job,
+    make_reservation,
     node_state,
     requested_licenses,
 )
@@ -92,6 +95,12 @@ def convert_job(job: Any) -> Job:
         gpus=gpus,
         licenses=requested_licenses(job.licenses or ()),
         nodes=job.allocated_nodes or "",
+        submit_time=_int(job.submit_time),
+        user=job.user_name or "",
+        account=job.account or "",
+        # pyslurm gives exit statuses of 128 and more less 128 (its _get_exit_code).
+        exit_code=f"{_int(job.exit_code)}:{_int(job.exit_code_signal)}",
+        restarts=_int(job.requeue_count),
     )
 
 
@@ -161,6 +170,26 @@ def convert_licenses(pyslurm: Any) -> list[License]:
     return out
 
 
+def convert_reservation(resv: Any) -> Reservation:
+    flags = resv.flags
+    names = [member.name for member in type(flags) if member in flags]
+    recurring = resv.reoccurrence
+    if recurring is not None and recurring.name != "NO":
+        names.append(recurring.name)  # scontrol lists DAILY, WEEKLY, … among the flags
+    return make_reservation(
+        name=resv.name or "",
+        start_time=_int(resv.start_time),
+        end_time=_int(resv.end_time),
+        nodes=resv.nodes or "",
+        partition=resv.partition or "",
+        flags=names,
+    )
+
+
+def convert_reservations(pyslurm: Any) -> list[Reservation]:
+    return [convert_reservation(r) for r in pyslurm.Reservations.load().values()]
+
+
 def version_info(pyslurm: Any) -> tuple[str, tuple[int, ...]]:
     return str(pyslurm.__version__), tuple(int(x) for x in pyslurm.slurm_api_version())
 
@@ -170,6 +199,7 @@ FETCH: dict[str, Callable[[Any], Any]] = {
     "nodes": convert_nodes,
     "scheduler": convert_stats,
     "licenses": convert_licenses,
+    "reservations": convert_reservations,
     "version": version_info,
 }
 
@@ -233,6 +263,10 @@ class PyslurmBackend(Backend):
 
     def licenses(self) -> list[License]:
         result: list[License] = self._call("licenses")
+        return result
+
+    def reservations(self) -> list[Reservation]:
+        result: list[Reservation] = self._call("reservations")
         return result
 
     def version(self) -> tuple[str, tuple[int, ...]]:

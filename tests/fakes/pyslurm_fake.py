@@ -3,7 +3,8 @@
 `module(cluster)` returns a module object with exactly the attributes hpcobs uses
 (`tests/data/slurm/pyslurm_attributes.txt`, which a test checks against pyslurm 25.11.2's
 source): `pyslurm.Jobs.load()`, `pyslurm.Nodes.load()`, `pyslurm.slurmctld.diag()`,
-`pyslurm.licenses().get()`, `pyslurm.slurm_api_version()`, `pyslurm.__version__`. Its
+`pyslurm.licenses().get()`, `pyslurm.Reservations.load()`, `pyslurm.slurm_api_version()`,
+`pyslurm.__version__`. Its
 objects have `__slots__` holding only those attributes, so code reaching for anything else
 fails with AttributeError, as it would with an attribute pyslurm lacks.
 
@@ -18,7 +19,11 @@ Values follow pyslurm's conventions, not the commands' (see pyslurm's `u32_parse
   `{"gpu": GPU(2), "gpu:a100": GPU(2)}`), `None` when Slurm has no such string;
 - `configured_gres` is `{"gpu:a100": 4}`; `allocated_gres` comes from the allocated TRES
   string (`{"gpu": 1, "gpu:a100": 1}`, counts as int);
-- `allocated_nodes` is `None` for a job that never ran.
+- `allocated_nodes` is `None` for a job that never ran;
+- `exit_code`/`exit_code_signal` split the wait status, an exit status of 128 or more less 128
+  (pyslurm's `_get_exit_code`);
+- a reservation's `flags` is a `ReservationFlags` flag set with pyslurm's member names
+  (`MAINTENANCE`, not scontrol's `MAINT`), its recurrence apart in `reoccurrence`.
 
 Used as the imported module itself (the pyslurm backend's worker imports a module by name),
 `fakes.pyslurm_fake` serves the cluster in the JSON file `$HPCOBS_FAKE_PYSLURM`, sleeping
@@ -27,6 +32,7 @@ Used as the imported module itself (the pyslurm backend's worker imports a modul
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import time
@@ -62,6 +68,10 @@ class JobSpec:
     gpu_type: str = ""
     licenses: list[str] = field(default_factory=list)
     nodes: str = ""
+    user: str = "root"
+    account: str = ""
+    exit_status: int = 0  # the wait status, as squeue's exit_code prints it (768: exit 3)
+    restarts: int = 0
 
 
 @dataclass
@@ -87,10 +97,21 @@ class LicenseSpec:
 
 
 @dataclass
+class ReservationSpec:
+    name: str
+    start: int
+    end: int
+    nodes: str = ""
+    partition: str = ""
+    flags: list[str] = field(default_factory=list)  # scontrol's names: MAINT, SPEC_NODES, …
+
+
+@dataclass
 class ClusterSpec:
     jobs: list[JobSpec] = field(default_factory=list)
     nodes: list[NodeSpec] = field(default_factory=list)
     licenses: list[LicenseSpec] = field(default_factory=list)
+    reservations: list[ReservationSpec] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
     rpcs: dict[str, tuple[int, int]] = field(default_factory=dict)  # name → (count, µs)
 
@@ -104,6 +125,7 @@ class ClusterSpec:
             jobs=[JobSpec(**j) for j in doc["jobs"]],
             nodes=[NodeSpec(**n) for n in doc["nodes"]],
             licenses=[LicenseSpec(**lic) for lic in doc["licenses"]],
+            reservations=[ReservationSpec(**r) for r in doc.get("reservations", [])],
             stats=dict(doc["stats"]),
             rpcs={k: (int(v[0]), int(v[1])) for k, v in doc["rpcs"].items()},
         )
@@ -151,7 +173,8 @@ def squeue_text(cluster: ClusterSpec) -> str:
             j.nodes,
             j.reason,
         ]
-        lines.append("|".join(map(str, fields)) + "|")
+        tail = [_t(j.submit), j.restarts, j.exit_status, j.account or "(null)", j.user]
+        lines.append("|".join(map(str, fields)) + "|" + "".join(f"{t}\x1f" for t in tail))
     return "\n".join(lines) + "\n"
 
 
@@ -235,6 +258,19 @@ def licenses_text(cluster: ClusterSpec) -> str:
     )
 
 
+def reservations_text(cluster: ClusterSpec) -> str:
+    if not cluster.reservations:
+        return "No reservations in the system\n"
+    return "".join(
+        f"ReservationName={r.name} StartTime={r.start} EndTime={r.end} Duration=00:10:00 "
+        f"Nodes={r.nodes or '(null)'} NodeCnt=1 CoreCnt=2 Features=(null) "
+        f"PartitionName={r.partition or '(null)'} Flags={','.join(r.flags)} TRES=cpu=2 "
+        "Users=root Groups=(null) Accounts=(null) Licenses=(null) State=INACTIVE "
+        "BurstBuffer=(null) Watts=n/a MaxStartDelay=(null)\n"
+        for r in cluster.reservations
+    )
+
+
 class FakeCommands:
     """A `runner` for PortableBackend answering like the Slurm commands for `cluster`; the
     output arrives in `chunk`-byte pieces (lines cut anywhere), as through a pipe."""
@@ -250,11 +286,14 @@ class FakeCommands:
     ) -> Iterator[bytes]:
         self.argvs.append(list(argv))
         name = os.path.basename(argv[0])
+        if name == "scontrol" and argv[2:3] == ["reservation"]:
+            name = "scontrol-reservation"
         text = {
             "squeue": squeue_text,
             "sinfo": sinfo_text,
             "sdiag": sdiag_text,
             "scontrol": licenses_text,
+            "scontrol-reservation": reservations_text,
         }[name](self.cluster).encode()
         if name in self.fail:
             yield text[: len(text) // 2]
@@ -301,8 +340,17 @@ def _tres(job: JobSpec) -> TrackableResources:
     return TrackableResources(TrackableResource(job.mem_mib), gres)
 
 
+def _exit_code(status: int) -> tuple[int, int]:
+    """pyslurm's `_get_exit_code`: (exit status, signal), an exit status ≥ 128 less 128."""
+    if status & 0x7F:
+        return 0, status & 0x7F
+    code = status >> 8
+    return (code - 128 if code >= 128 else code), 0
+
+
 class Job:
     __slots__ = (
+        "account",
         "allocated_nodes",
         "allocated_tres",
         "array_id",
@@ -311,13 +359,18 @@ class Job:
         "cpus",
         "eligible_time",
         "end_time",
+        "exit_code",
+        "exit_code_signal",
         "id",
         "licenses",
         "partition",
         "requested_tres",
+        "requeue_count",
         "start_time",
         "state",
         "state_reason",
+        "submit_time",
+        "user_name",
     )
 
     def __init__(self, spec: JobSpec) -> None:
@@ -340,6 +393,11 @@ class Job:
         self.requested_tres = _tres(spec)
         self.licenses = list(spec.licenses)
         self.allocated_nodes = spec.nodes or None
+        self.submit_time = _none(spec.submit)
+        self.user_name = spec.user or None
+        self.account = spec.account or None
+        self.exit_code, self.exit_code_signal = _exit_code(spec.exit_status)
+        self.requeue_count = spec.restarts
 
 
 class Node:
@@ -417,6 +475,64 @@ class Statistics:
         self.rpcs_by_type = {name: RPCType(c, t) for name, (c, t) in rpcs.items()}
 
 
+class ReservationFlags(enum.Flag):
+    """pyslurm's ReservationFlags (the members hpcobs may meet), by pyslurm's names."""
+
+    MAINTENANCE = 1
+    MAGNETIC = 2
+    FLEX = 4
+    IGNORE_RUNNING_JOBS = 8
+    ANY_NODES = 16
+    STATIC_NODES = 32
+    PARTITION_NODES_ONLY = 64
+    USER_DELETION = 128
+    PURGE = 256
+    SPECIFIC_NODES = 512
+    NO_JOB_HOLD_AFTER_END = 1024
+    OVERLAP = 2048
+    ALL_NODES = 4096
+
+
+class ReservationReoccurrence(enum.Enum):
+    NO = "NO"
+    DAILY = "DAILY"
+    HOURLY = "HOURLY"
+    WEEKLY = "WEEKLY"
+    WEEKDAY = "WEEKDAY"
+    WEEKEND = "WEEKEND"
+
+
+_PYSLURM_FLAG = {
+    "MAINT": "MAINTENANCE",
+    "IGNORE_JOBS": "IGNORE_RUNNING_JOBS",
+    "STATIC": "STATIC_NODES",
+    "PART_NODES": "PARTITION_NODES_ONLY",
+    "USER_DELETE": "USER_DELETION",
+    "PURGE_COMP": "PURGE",
+    "SPEC_NODES": "SPECIFIC_NODES",
+    "NO_HOLD_JOBS_AFTER_END": "NO_JOB_HOLD_AFTER_END",
+}
+
+
+class Reservation:
+    __slots__ = ("end_time", "flags", "name", "nodes", "partition", "reoccurrence", "start_time")
+
+    def __init__(self, spec: ReservationSpec) -> None:
+        self.name = spec.name
+        self.start_time = _none(spec.start)
+        self.end_time = _none(spec.end)
+        self.nodes = spec.nodes or None
+        self.partition = spec.partition or None
+        flags = ReservationFlags(0)
+        self.reoccurrence = ReservationReoccurrence.NO
+        for name in spec.flags:
+            if name in ReservationReoccurrence.__members__:
+                self.reoccurrence = ReservationReoccurrence[name]
+            else:
+                flags |= ReservationFlags[_PYSLURM_FLAG.get(name, name)]
+        self.flags = flags
+
+
 class _Collection:
     """pyslurm's MultiClusterMap, reduced to `values()`."""
 
@@ -472,6 +588,14 @@ class FakePyslurm:
                 fake._load("nodes")
                 return _Collection([Node(n) for n in fake.cluster.nodes])
 
+        class Reservations:
+            __slots__ = ()
+
+            @staticmethod
+            def load() -> _Collection:
+                fake._load("reservations")
+                return _Collection([Reservation(r) for r in fake.cluster.reservations])
+
         class licenses:
             __slots__ = ()
 
@@ -496,6 +620,7 @@ class FakePyslurm:
         mod.Jobs = Jobs  # type: ignore[attr-defined]
         mod.Nodes = Nodes  # type: ignore[attr-defined]
         mod.licenses = licenses  # type: ignore[attr-defined]
+        mod.Reservations = Reservations  # type: ignore[attr-defined]
         mod.slurmctld = slurmctld  # type: ignore[attr-defined]
         return mod
 
@@ -507,7 +632,15 @@ def module(cluster: ClusterSpec, delay: float = 0.0) -> types.ModuleType:
 # Used as the imported module itself (a worker process imports `fakes.pyslurm_fake`): the
 # pyslurm names resolve against the cluster in $HPCOBS_FAKE_PYSLURM.
 _FROM_ENV: types.ModuleType | None = None
-_PYSLURM_NAMES = ("__version__", "slurm_api_version", "Jobs", "Nodes", "licenses", "slurmctld")
+_PYSLURM_NAMES = (
+    "__version__",
+    "slurm_api_version",
+    "Jobs",
+    "Nodes",
+    "licenses",
+    "slurmctld",
+    "Reservations",
+)
 
 
 def __getattr__(name: str) -> Any:

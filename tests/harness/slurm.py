@@ -10,7 +10,12 @@ under a temporary directory and as the current user (root in CI):
   and whose controller and node are ``localhost``/``127.0.0.1`` whatever the machine's hostname;
 * one node ``node1`` with the CPU topology ``slurmd -C`` reports and a ``RealMemory`` a margin
   below the real one (a value above it drains the node), in partitions ``debug`` (default),
-  ``batch`` and ``short`` (``MaxTime=1``).
+  ``batch`` and ``short`` (``MaxTime=1``);
+* optionally (``preemption=True``) preemption by partition priority:
+  ``PreemptType=preempt/partition_prio`` and ``PreemptMode=REQUEUE``, with partitions ``low``
+  (``PriorityTier=1``) and ``high`` (``PriorityTier=10``) on the same node: a ``high`` job
+  requeues the ``low`` jobs in its way, or cancels them (state ``PREEMPTED``) when they were
+  submitted with ``--no-requeue``; and licenses (``licenses={"matlab": 2}``: ``Licenses=``).
 
 Every process is started in its own process group and stopped by PID (SIGTERM, then SIGKILL
 after a grace period); job processes left behind (``slurmstepd`` and the job's tasks, which
@@ -109,6 +114,11 @@ FINISHED_STATES = frozenset(
     }
 )
 """Job states after which a (non-requeued) job never runs again."""
+
+PREEMPTION_PARTITIONS_TIERS = (("low", 1), ("high", 10))
+"""With ``preemption=True``: partitions on node1 and their ``PriorityTier`` (a ``high`` job
+preempts ``low`` jobs; the other partitions have tier 1 too)."""
+PREEMPTION_PARTITIONS = tuple(name for name, _ in PREEMPTION_PARTITIONS_TIERS)
 
 DEFAULT_START_TIMEOUT = 30.0
 DEFAULT_COMMAND_TIMEOUT = 30.0
@@ -522,6 +532,8 @@ class SlurmCluster:
         def_mem_per_cpu_mb: int = 100,
         select_type_parameters: str = "CR_Core_Memory",
         extra_conf: Sequence[str] = (),
+        preemption: bool = False,
+        licenses: Mapping[str, int] | None = None,
         start_timeout: float = DEFAULT_START_TIMEOUT,
         wait_for_scheduler: bool = True,
     ) -> None:
@@ -535,6 +547,10 @@ class SlurmCluster:
         self.def_mem_per_cpu_mb = def_mem_per_cpu_mb
         self.select_type_parameters = select_type_parameters
         self.extra_conf = tuple(extra_conf)
+        self.preemption = preemption
+        self.licenses = dict(licenses or {})
+        if self.preemption:
+            self.partitions = (*self.partitions, *PREEMPTION_PARTITIONS)
         self.start_timeout = start_timeout
         self.wait_for_scheduler = wait_for_scheduler
 
@@ -653,6 +669,12 @@ class SlurmCluster:
             f"ReturnToService={self.return_to_service}",
             f"SlurmdTimeout={self.slurmd_timeout}",
             f"MessageTimeout={self.message_timeout}",
+            *self._preemption_conf(),
+            *(
+                ["Licenses=" + ",".join(f"{k}:{v}" for k, v in self.licenses.items())]
+                if self.licenses
+                else []
+            ),
             *self.extra_conf,
             (
                 f"NodeName={self.node_name} NodeHostname=localhost NodeAddr=127.0.0.1"
@@ -663,8 +685,18 @@ class SlurmCluster:
             f"PartitionName=debug Nodes={self.node_name} Default=YES MaxTime=INFINITE State=UP",
             f"PartitionName=batch Nodes={self.node_name} MaxTime=INFINITE State=UP",
             f"PartitionName=short Nodes={self.node_name} MaxTime=1 State=UP",
+            *(
+                f"PartitionName={name} Nodes={self.node_name} PriorityTier={tier}"
+                " MaxTime=INFINITE State=UP"
+                for name, tier in (PREEMPTION_PARTITIONS_TIERS if self.preemption else ())
+            ),
         ]
         return "\n".join(lines) + "\n"
+
+    def _preemption_conf(self) -> list[str]:
+        if not self.preemption:
+            return []
+        return ["PreemptType=preempt/partition_prio", "PreemptMode=REQUEUE"]
 
     def _prepare(self) -> None:
         for d in (self.base_dir, self.state_dir, self.log_dir, self.jobs_dir):
@@ -1085,6 +1117,8 @@ class SlurmClusterFactory(Protocol):
         def_mem_per_cpu_mb: int = ...,
         select_type_parameters: str = ...,
         extra_conf: Sequence[str] = ...,
+        preemption: bool = ...,
+        licenses: Mapping[str, int] = ...,
         start_timeout: float = ...,
         wait_for_scheduler: bool = ...,
     ) -> SlurmCluster: ...

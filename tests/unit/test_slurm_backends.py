@@ -30,8 +30,7 @@ from hpcobs.exporters.slurm.backend import (
     startup_backend,
     versions_match,
 )
-from hpcobs.exporters.slurm.collector import build_collector, families
-from hpcobs.exporters.slurm.ledger import Ledger
+from hpcobs.exporters.slurm.collector import build_collector, families, make_ledger
 from hpcobs.exporters.slurm.options import SlurmOptions
 from hpcobs.exporters.slurm.poller import Poller
 from hpcobs.exporters.slurm.portable import PortableBackend, command_env
@@ -44,6 +43,7 @@ from fakes.pyslurm_fake import (
     JobSpec,
     LicenseSpec,
     NodeSpec,
+    ReservationSpec,
 )
 from harness.collectors import wait_until
 
@@ -82,6 +82,7 @@ def busy() -> ClusterSpec:
                 cpus=2,
                 nodes="n1",
                 licenses=["matlab:2"],
+                restarts=1,
             ),
             JobSpec(
                 3,
@@ -92,7 +93,15 @@ def busy() -> ClusterSpec:
                 eligible=e,
                 licenses=["matlab:4", "ansys"],
             ),
-            JobSpec(4, "PENDING", "debug", reason="Priority", submit=NOW - 30, eligible=NOW - 30),
+            JobSpec(
+                4,
+                "PENDING",
+                "debug",
+                reason="Priority",
+                submit=NOW - 30,
+                eligible=NOW - 30,
+                restarts=2,
+            ),
             # an array: task 0 and task 3 split off and running, the rest pending, throttled
             JobSpec(
                 10,
@@ -146,6 +155,7 @@ def busy() -> ClusterSpec:
                 cpus=4,
                 nodes="n1",
                 reason="None",
+                account="physics",
             ),
             JobSpec(
                 31,
@@ -157,6 +167,9 @@ def busy() -> ClusterSpec:
                 end=NOW - 299,
                 nodes="n1",
                 reason="NonZeroExitCode",
+                user="alice",
+                account="physics",
+                exit_status=768,
             ),
             JobSpec(
                 32,
@@ -169,6 +182,9 @@ def busy() -> ClusterSpec:
                 gpus=1,
                 nodes="g1",
                 reason="TimeLimit",
+                user="bob",
+                account="chem",
+                exit_status=15,
             ),
             JobSpec(
                 33,
@@ -191,6 +207,7 @@ def busy() -> ClusterSpec:
                 cpus=16,
                 nodes="n3",
                 reason="NodeDown",
+                account='q"uo\\te ü',
             ),
             JobSpec(
                 35,
@@ -202,6 +219,7 @@ def busy() -> ClusterSpec:
                 end=NOW - 650,
                 nodes="n2",
                 reason="OutOfMemory",
+                exit_status=9,
             ),
             JobSpec(
                 36,
@@ -252,6 +270,14 @@ def busy() -> ClusterSpec:
             NodeSpec("n5", ["debug"], "IDLE"),
         ],
         licenses=[LicenseSpec("matlab", 5, 2), LicenseSpec("ansys", 1, 0)],
+        reservations=[
+            ReservationSpec(
+                "disk swap", NOW - 100, NOW + 3600, "n[3-4]", "", ["MAINT", "IGNORE_JOBS"]
+            ),
+            ReservationSpec("train", NOW + 7200, NOW + 10800, "g1", "gpu", ["DAILY", "SPEC_NODES"]),
+            ReservationSpec("later-maint", NOW + 60, NOW + 120, "n5", "", ["MAINT"]),
+            ReservationSpec("gone", NOW - 7200, NOW - 3600, "n1", "", ["MAINT"]),
+        ],
         stats={
             "server_thread_count": 4,
             "jobs_submitted": 1130,
@@ -281,10 +307,10 @@ def quiet() -> ClusterSpec:
 CASES = {"busy": busy, "quiet": quiet}
 
 
-def exposition(poller: Poller, now: float) -> list[str]:
+def exposition(poller: Poller, now: float, log_url: str = "") -> list[str]:
     class _Reg:
         def collect(self) -> list[Metric]:
-            return list(families(poller.published, now, OPTIONS.stale_after))
+            return list(families(poller.published, now, OPTIONS.stale_after, log_url))
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Reg())
@@ -303,9 +329,8 @@ def exposition(poller: Poller, now: float) -> list[str]:
     ]
 
 
-def run_cycles(backend: Backend, cycles: int = 2) -> Poller:
-    ledger = Ledger(causes=OPTIONS.causes, buckets=OPTIONS.buckets, thresholds=OPTIONS.thresholds)
-    poller = Poller(backend, ledger, clock=lambda: float(NOW))
+def run_cycles(backend: Backend, cycles: int = 3) -> Poller:
+    poller = Poller(backend, make_ledger(OPTIONS), clock=lambda: float(NOW))
     for _ in range(cycles):
         assert poller.run_cycle()
     return poller
@@ -319,7 +344,7 @@ def test_pyslurm_and_portable_backends_give_the_same_metrics(case: str) -> None:
     pyslurm = run_cycles(PyslurmBackend(module=fake.module()))
     a, b = exposition(portable, NOW), exposition(pyslurm, NOW)
     assert a == b
-    assert fake.calls == {"jobs": 2, "nodes": 2, "diag": 1, "licenses": 1}
+    assert fake.calls == {"jobs": 3, "nodes": 3, "reservations": 1, "diag": 1, "licenses": 1}
     assert portable.published.calls == pyslurm.published.calls
     assert any(line.startswith("hpcobs_slurm_jobs{") for line in a)
 

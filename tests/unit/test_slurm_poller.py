@@ -19,7 +19,7 @@ from hpcobs.exporters.slurm.backend import Backend, SlurmCallError
 from hpcobs.exporters.slurm.collector import SlurmCollector, build_collector, families
 from hpcobs.exporters.slurm.jobcomp import JobcompTail
 from hpcobs.exporters.slurm.ledger import Ledger
-from hpcobs.exporters.slurm.model import Job, License, Node, SchedulerStats, make_job
+from hpcobs.exporters.slurm.model import Job, License, Node, Reservation, SchedulerStats, make_job
 from hpcobs.exporters.slurm.options import SlurmOptions, parse_cause_map
 from hpcobs.exporters.slurm.poller import Poller
 from hpcobs.exporters.slurm.state import StateFileError, load_state, save_state
@@ -29,6 +29,7 @@ from fakes.pyslurm_fake import (
     JobSpec,
     NodeSpec,
     licenses_text,
+    reservations_text,
     sdiag_text,
     sinfo_text,
     squeue_text,
@@ -71,6 +72,7 @@ class FakeBackend(Backend):
         super().__init__()
         self.job_list: list[Job] = []
         self.node_list: list[Node] = []
+        self.reservation_list: list[Reservation] = []
         self.calls: list[str] = []
         self.fail: set[str] = set()
         self.block = threading.Event()
@@ -98,6 +100,10 @@ class FakeBackend(Backend):
     def licenses(self) -> list[License]:
         self._enter("licenses")
         return [License("matlab", 5, 1, 4)]
+
+    def reservations(self) -> list[Reservation]:
+        self._enter("reservations")
+        return list(self.reservation_list)
 
 
 class Clock:
@@ -132,13 +138,13 @@ def test_at_most_three_calls_per_cycle_taking_turns() -> None:
         "scheduler",
         "jobs",
         "nodes",
+        "reservations",
+        "jobs",
+        "nodes",
         "licenses",
         "jobs",
         "nodes",
         "scheduler",
-        "jobs",
-        "nodes",
-        "licenses",
     ]
     assert poller.published.last_cycle_calls == 3
     poller = make(FakeBackend(), clock, extras=())
@@ -343,11 +349,18 @@ def fake_slurm_bin(tmp_path: Path, cluster: ClusterSpec) -> Path:
         ("sinfo", sinfo_text(cluster)),
         ("sdiag", sdiag_text(cluster)),
         ("scontrol", licenses_text(cluster)),
+        ("scontrol-reservation", reservations_text(cluster)),
     ):
         (bin_dir / f"{name}.out").write_text(text)
         script = bin_dir / name
         script.write_text(f"#!/bin/sh\nexec cat '{bin_dir / name}.out'\n")
         script.chmod(0o755)
+    # scontrol show licenses | reservation
+    (bin_dir / "scontrol").write_text(
+        "#!/bin/sh\n"
+        f"[ \"$2\" = reservation ] && exec cat '{bin_dir}/scontrol-reservation.out'\n"
+        f"exec cat '{bin_dir}/scontrol.out'\n"
+    )
     return bin_dir
 
 

@@ -31,7 +31,14 @@ import pytest
 from hpcobs.exporters.slurm import pyslurm_backend
 
 from fakes import pyslurm_fake
-from fakes.pyslurm_fake import ClusterSpec, FakePyslurm, JobSpec, LicenseSpec, NodeSpec
+from fakes.pyslurm_fake import (
+    ClusterSpec,
+    FakePyslurm,
+    JobSpec,
+    LicenseSpec,
+    NodeSpec,
+    ReservationSpec,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -191,9 +198,11 @@ def test_fake_module_offers_exactly_the_listed_attributes() -> None:
         (pyslurm_fake.TrackableResources, "TrackableResources"),
         (pyslurm_fake.TrackableResource, "TrackableResource"),
         (pyslurm_fake.GPU, "GPU"),
+        (pyslurm_fake.Reservation, "Reservation"),
     ):
         assert set(cls.__slots__) == listed[owner], owner
     assert {n for n in vars(fake.Jobs) if not n.startswith("_")} == listed["Jobs"]
+    assert {n for n in vars(fake.Reservations) if not n.startswith("_")} == listed["Reservations"]
     assert {n for n in vars(fake.Nodes) if not n.startswith("_")} == listed["Nodes"]
     assert {n for n in vars(fake.licenses) if not n.startswith("_")} == listed["licenses"]
     assert set(dir(pyslurm_fake._Collection)) >= listed["MultiClusterMap"]
@@ -204,7 +213,12 @@ def test_backend_uses_only_listed_attributes() -> None:
     listed = set().union(*_listed().values())
     used: set[str] = set()
     for fn in pyslurm_backend.FETCH.values():
-        for f in (fn, pyslurm_backend.convert_job, pyslurm_backend.convert_node):
+        for f in (
+            fn,
+            pyslurm_backend.convert_job,
+            pyslurm_backend.convert_node,
+            pyslurm_backend.convert_reservation,
+        ):
             tree = ast.parse(inspect.getsource(f))
             for node in ast.walk(tree):
                 if isinstance(node, ast.Attribute) and isinstance(
@@ -237,3 +251,21 @@ def test_fake_follows_pyslurm_conventions() -> None:
     assert fake.licenses().get() == {"m": {"total": 3, "in_use": 1, "available": 2}}
     with pytest.raises(AttributeError):
         _ = plain.name  # not an attribute hpcobs uses
+
+
+def test_fake_reservations_follow_pyslurm_conventions() -> None:
+    fake = FakePyslurm(
+        ClusterSpec(
+            reservations=[
+                ReservationSpec("m", 10, 20, "n[1-2]", "", ["MAINT", "SPEC_NODES", "DAILY"]),
+                ReservationSpec("p", 30, 40, "", "debug", []),
+            ]
+        )
+    ).module()
+    maint, plain = fake.Reservations.load().values()
+    names = {member.name for member in type(maint.flags) if member in maint.flags}
+    assert names == {"MAINTENANCE", "SPECIFIC_NODES"}  # pyslurm's names, not scontrol's
+    assert maint.reoccurrence.name == "DAILY" and plain.reoccurrence.name == "NO"
+    assert plain.nodes is None and maint.partition is None
+    converted = pyslurm_backend.convert_reservation(maint)
+    assert converted.flags == ("DAILY", "MAINT", "SPEC_NODES") and converted.nodes == "n[1-2]"

@@ -20,9 +20,9 @@ import pytest
 from hpcobs.exporters.runtime.log import LogfmtFormatter
 from hpcobs.exporters.slurm import state as state_module
 from hpcobs.exporters.slurm.backend import Backend
-from hpcobs.exporters.slurm.collector import SlurmCollector, build_collector, families
+from hpcobs.exporters.slurm.collector import SlurmCollector, build_collector, families, make_ledger
 from hpcobs.exporters.slurm.ledger import Ledger
-from hpcobs.exporters.slurm.model import Job, License, Node, SchedulerStats, make_job
+from hpcobs.exporters.slurm.model import Job, License, Node, Reservation, SchedulerStats, make_job
 from hpcobs.exporters.slurm.options import SlurmOptions
 from hpcobs.exporters.slurm.poller import Poller
 from hpcobs.exporters.slurm.state import FORMAT, load_state, save_state
@@ -71,11 +71,13 @@ class ListBackend(Backend):
     def licenses(self) -> list[License]:
         return []
 
+    def reservations(self) -> list[Reservation]:
+        return []
+
 
 def good_state(tmp_path: Path) -> dict[str, Any]:
     """A state document as the exporter writes it, with one finished job counted."""
-    options = SlurmOptions()
-    ledger = Ledger(causes=options.causes, buckets=options.buckets, thresholds=options.thresholds)
+    ledger = make_ledger(SlurmOptions())
     ledger.apply_snapshot([finished(1)], T0)
     path = tmp_path / "good.json"
     save_state(path, {"saved_at": T0, "ledger": ledger.to_state()})
