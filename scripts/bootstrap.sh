@@ -6,8 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# victoria-metrics: VictoriaMetrics single-node and vmalert (the SLO rules' second engine).
 DEBS=(prometheus prometheus-alertmanager prometheus-pushgateway prometheus-node-exporter
-      slurm-wlm slurmctld slurmd slurm-client munge openmpi-bin libopenmpi-dev
+      victoria-metrics slurm-wlm slurmctld slurmd slurm-client munge openmpi-bin libopenmpi-dev
       gcc python3-dev iproute2 openssl systemd procps)
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }

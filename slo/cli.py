@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import datetime as dt
 import os
+import signal
 import stat
 import sys
 import tempfile
@@ -32,7 +33,7 @@ from hpcobs.exporters.runtime.collector import CollectorSpec
 from hpcobs.exporters.runtime.log import setup_logging
 from hpcobs.slo.loader import DEFAULT_MAX_BYTES, DEFAULT_MAX_SLOS, Limits, Loaded, load_specs
 from hpcobs.slo.promapi import ClientConfig, PrometheusClient, QueryError
-from hpcobs.slo.rules import DEFAULT_RUNBOOK_BASE, RuleOptions, render_chunks
+from hpcobs.slo.rules import DEFAULT_RUNBOOK_BASE, ENGINES, RuleOptions, render_chunks
 
 PROGRAM = "hpcobs-slo"
 DEFAULT_LISTEN = ":9948"
@@ -61,13 +62,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         top.parse_args(args)  # --help, --version, or an error naming the commands
         return 2
     command, rest = args[0], args[1:]
-    if command == "validate":
-        return validate_main(rest)
-    if command == "rules":
-        return rules_main(rest)
-    if command == "serve":
-        return serve_main(rest)
-    return report_main(rest)
+    try:
+        if command == "validate":
+            return validate_main(rest)
+        if command == "rules":
+            return rules_main(rest)
+        if command == "serve":
+            return serve_main(rest)
+        return report_main(rest)
+    except BrokenPipeError:
+        # stdout closed early (`hpcobs-slo rules … -o - | head`): stop quietly, as a shell tool
+        # killed by SIGPIPE does, and keep the interpreter's final flush from failing again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + int(signal.SIGPIPE)
 
 
 # -- shared flags --------------------------------------------------------------------------
@@ -295,6 +302,14 @@ def rules_main(argv: Sequence[str]) -> int:
         help="evaluation interval of the generated groups (default: Prometheus' global; "
         "at most 5m)",
     )
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="prometheus",
+        help="the rule engine that evaluates the file: prometheus (also Thanos Ruler, Mimir, "
+        "Cortex) or victoriametrics (vmalert, live and -replay: see docs/slo.md); "
+        "default prometheus",
+    )
     args = p.parse_args(argv)
     if args.interval:
         try:
@@ -310,7 +325,8 @@ def rules_main(argv: Sequence[str]) -> int:
         return 1
     sources = [Path(f).name for f in loaded.files]
     # written group by group: the whole file's text is never held in memory
-    chunks = render_chunks(loaded.slos, RuleOptions(args.runbook_base, args.interval), sources)
+    options = RuleOptions(args.runbook_base, args.interval, args.engine)
+    chunks = render_chunks(loaded.slos, options, sources)
     if args.output == "-":
         sys.stdout.writelines(chunks)
         return 0
@@ -415,13 +431,46 @@ def serve_parser() -> argparse.ArgumentParser:
         metavar="'NAME: VALUE'",
         help="extra OTLP request header (repeatable)",
     )
+    add_incident_flags(p)
     p.add_argument("spec", nargs="+", help="spec files or folders")
     add_spec_flags(p)
     return p
 
 
+def add_incident_flags(parser: argparse.ArgumentParser) -> None:
+    from hpcobs.slo.incidents import DEFAULT_MAX_ALERTNAMES, DEFAULT_MAX_BODY_BYTES, WEBHOOK_PATH
+
+    g = parser.add_argument_group(
+        f"incidents (Alertmanager's webhook at POST {WEBHOOK_PATH}, same TLS and basic auth)"
+    )
+    g.add_argument(
+        "--incidents.state-file",
+        dest="incidents_state_file",
+        metavar="FILE",
+        help="keep open incidents and the counts here across restarts (written atomically "
+        "after each notification that changes them; default: in memory only)",
+    )
+    g.add_argument(
+        "--incidents.max-alertnames",
+        dest="incidents_max_alertnames",
+        type=int_at_least(1),
+        default=DEFAULT_MAX_ALERTNAMES,
+        metavar="N",
+        help="alertname label values kept; later ones are exported as 'other' "
+        f"(default {DEFAULT_MAX_ALERTNAMES})",
+    )
+    g.add_argument(
+        "--incidents.max-body-bytes",
+        dest="incidents_max_body_bytes",
+        type=int_at_least(1),
+        default=DEFAULT_MAX_BODY_BYTES,
+        metavar="BYTES",
+        help=f"refuse larger notifications with 400 (default {DEFAULT_MAX_BODY_BYTES}: 4 MiB)",
+    )
+
+
 def serve_main(argv: Sequence[str]) -> int:
-    from hpcobs.slo.daemon import Engine, SLOCollector
+    from hpcobs.slo.daemon import Engine, SLOCollector, incident_receiver
     from hpcobs.slo.evaluator import Evaluator
     from hpcobs.slo.tracing import tracer, tracer_provider
 
@@ -452,8 +501,9 @@ def serve_main(argv: Sequence[str]) -> int:
         help="SLIs, error budgets and burn rates from the latest evaluation",
         factory=lambda _args, _services: SLOCollector(engine),
     )
+    incidents, route = incident_receiver(args)
     try:
-        return serve_exporter(f"{PROGRAM} serve", args, [spec])
+        return serve_exporter(f"{PROGRAM} serve", args, [spec, incidents], routes=[route])
     finally:
         provider.shutdown()
 

@@ -2,7 +2,14 @@
 
 Works against anything that speaks that API: Prometheus, Thanos Query, Mimir (give the
 `/prometheus` prefix in the URL and the tenant in `X-Scope-OrgID` with `headers`),
-VictoriaMetrics. Queries are POSTed as forms (no URL length limit for big batched queries).
+VictoriaMetrics (single-node at its root or under `/prometheus`, a cluster's vmselect under
+`/select/<tenant>/prometheus`). Queries are POSTed as forms (no URL length limit for big
+batched queries).
+
+- The URL: scheme, host, port and any path prefix; `/api/v1/<endpoint>` is appended to the
+  prefix. Query parameters in it (`?extra_label=team=hpc`, Thanos' `?dedup=true`) are sent
+  with every request, outside the form. An URL that already ends in `/api/v1…` or has a
+  `#fragment` is refused with a hint.
 
 - Authentication: bearer token (read from its file at every request, so rotation works),
   or basic auth (password from a file, or user and password in the URL:
@@ -22,6 +29,7 @@ import base64
 import json
 import math
 import random
+import re
 import socket
 import ssl
 import time
@@ -100,9 +108,10 @@ def redact_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class _Endpoint:
-    base: str  # scheme://host[:port][/prefix], without userinfo or a trailing slash
+    base: str  # scheme://host[:port][/prefix], without userinfo, query or a trailing slash
     user: str | None  # from the URL's userinfo
     password: str
+    query: str = ""  # the URL's query string, sent with every request
 
 
 def _endpoint(url: str) -> _Endpoint:
@@ -117,6 +126,14 @@ def _endpoint(url: str) -> _Endpoint:
         ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"--prometheus.url must be an http(s) URL, not {shown!r}")
+    if parts.fragment:
+        raise ValueError(f"--prometheus.url has a #fragment, which is never sent: {shown!r}")
+    path = parts.path.rstrip("/")
+    if _API_PATH.search(path):
+        raise ValueError(
+            f"--prometheus.url {shown!r} ends in the API path: give the base URL, with any "
+            "prefix but without /api/v1 (e.g. http://vmselect:8481/select/0/prometheus)"
+        )
     userinfo, at, host = parts.netloc.rpartition("@")
     user: str | None = None
     password = ""
@@ -124,8 +141,11 @@ def _endpoint(url: str) -> _Endpoint:
         raw_user, _, raw_password = userinfo.partition(":")
         user = urllib.parse.unquote(raw_user)
         password = urllib.parse.unquote(raw_password)
-    base = urllib.parse.urlunsplit(parts._replace(netloc=host)).rstrip("/")
-    return _Endpoint(base, user, password)
+    base = urllib.parse.urlunsplit(parts._replace(netloc=host, path=path, query=""))
+    return _Endpoint(base, user, password, parts.query)
+
+
+_API_PATH = re.compile(r"/api/v1(/[A-Za-z_]*)?$")
 
 
 def _ssl_context(cfg: ClientConfig) -> ssl.SSLContext | None:
@@ -180,6 +200,7 @@ class PrometheusClient:
             )
         self.config = config
         self.base = endpoint.base  # no credentials: safe in messages
+        self._query = endpoint.query  # not in messages: it may hold a key
         self._url_auth = None if endpoint.user is None else _basic(endpoint.user, endpoint.password)
         self._sleep = sleep
         self._clock = clock
@@ -269,7 +290,7 @@ class PrometheusClient:
     ) -> dict[str, Any]:
         stats = stats if stats is not None else QueryStats()
         cfg = self.config
-        url = f"{self.base}/api/v1/{endpoint}"
+        url = f"{self.base}/api/v1/{endpoint}"  # as shown in messages
         delay = cfg.backoff
         last: QueryError | None = None
         for attempt in range(cfg.retries + 1):
@@ -304,7 +325,8 @@ class PrometheusClient:
             headers = self._headers()
         except OSError as exc:
             raise QueryError(f"cannot read credentials: {exc}", retryable=False) from exc
-        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        target = f"{url}?{self._query}" if self._query else url
+        req = urllib.request.Request(target, data=body, headers=headers, method="POST")
         try:
             with self._opener.open(req, timeout=timeout) as resp:
                 stats.status = resp.status

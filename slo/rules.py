@@ -3,6 +3,11 @@
 Three generators, one rule group each per SLO (as Sloth does), named
 `hpcobs-slo-{sli,meta}-recordings-<id>` and `hpcobs-slo-alerts-<id>`.
 
+`RuleOptions.engine` "victoriametrics" renders the same series and alerts for vmalert, live
+and in `-replay` (see `_period_sum_portable`, `_ratio`): no `@` modifier, one group per SLO
+(`hpcobs-slo-<id>`) with every rule after the rules it reads, and meta rules and alerts that
+compute ratios from the recorded counts.
+
 Event-weighted windows. Each window's error ratio is bad events / total events counted over
 the window, never a mean of short-window ratios (Sloth's shortcut, wrong when traffic is
 uneven, and a single NaN in it poisons 30 days):
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -38,6 +43,7 @@ from hpcobs.slo.model import (
     Term,
     decimal_text,
     events_promql,
+    format_duration,
 )
 from hpcobs.slo.selector import quote
 
@@ -51,10 +57,17 @@ TOTAL = "slo:sli_total_events:increase"
 RATIO = "slo:sli_error:ratio_rate"
 
 
+Engine = Literal["prometheus", "victoriametrics"]
+ENGINES: tuple[Engine, ...] = ("prometheus", "victoriametrics")
+
+
 @dataclass(frozen=True)
 class RuleOptions:
     runbook_base_url: str = DEFAULT_RUNBOOK_BASE
     interval: str | None = None  # rule group `interval`; None: Prometheus' global one
+    # which rule engine evaluates the file: "victoriametrics" (vmalert; see the module's
+    # docstring) or "prometheus" (also Thanos Ruler, Mimir, Cortex)
+    engine: Engine = "prometheus"
 
 
 def period_window_name(period: Period) -> str:
@@ -98,7 +111,7 @@ def series(name: str, slo: SLO) -> str:
 
 
 # -- generators ----------------------------------------------------------------------------
-def sli_recording_rules(slo: SLO) -> list[dict[str, Any]]:
+def sli_recording_rules(slo: SLO, engine: Engine = "prometheus") -> list[dict[str, Any]]:
     events = slo.sli.events()
     labels = slo.rule_labels()
     period = period_window_name(slo.period)
@@ -115,16 +128,37 @@ def sli_recording_rules(slo: SLO) -> list[dict[str, Any]]:
             record(
                 name + w, f"sum_over_time({series(name + SHORT_TILE.name, slo)}[{w}:{SHORT_TILE}])"
             )
+    period_sum = _period_sum if engine == "prometheus" else _period_sum_portable
     for name in (BAD, TOTAL):
         record(
             name + period,
-            _period_sum(
+            period_sum(
                 series(name + TILE.name, slo), series(name + SHORT_TILE.name, slo), slo.period
             ),
         )
     for w in (*RAW_WINDOWS, *TILED_WINDOWS, period):
-        record(RATIO + w, f"{series(BAD + w, slo)} / ({series(TOTAL + w, slo)} > 0)")
+        record(RATIO + w, ratio_expr(slo, w))
     return rules
+
+
+def ratio_expr(slo: SLO, window: str) -> str:
+    """The error ratio over `window` from the recorded event counts (no sample when idle)."""
+    return f"{series(BAD + window, slo)} / ({series(TOTAL + window, slo)} > 0)"
+
+
+def _ratio(slo: SLO, window: str, engine: Engine) -> str:
+    """What the meta rules and alerts read as the error ratio over `window`.
+
+    Prometheus: the recorded ratio. VictoriaMetrics: the ratio computed again from the
+    recorded counts, which have a sample at every evaluation. Two reasons: `vmalert -replay`
+    writes no staleness markers, so a ratio that vanished (an idle window, the first moment
+    of a calendar month) would be read on for the query's look-back (`-datasource.queryStep`,
+    5m by default); and live, vmalert writes a rule's results by remote write after the
+    evaluation, so each rule read in a chain adds an evaluation interval of lag. `a / (b > 0)
+    / budget` is computed as `(a / (b > 0)) / budget`: the same float as the recorded ratio
+    divided by the budget.
+    """
+    return series(RATIO + window, slo) if engine == "prometheus" else ratio_expr(slo, window)
 
 
 def _period_sum(hourly: str, short: str, period: Period) -> str:
@@ -153,7 +187,60 @@ def _period_sum(hourly: str, short: str, period: Period) -> str:
     return f"(\n{hours}\n+\n{since}\n)\nor\n{hours}\nor\n{since}\n"
 
 
-def meta_recording_rules(slo: SLO) -> list[dict[str, Any]]:
+def _period_sum_portable(hourly: str, short: str, period: Period) -> str:
+    """`_period_sum` without `@ end()`, for engines that resolve `@ end()` in a subquery to
+    something else than the evaluation time: VictoriaMetrics (vmalert) takes the end of the
+    subquery's step-aligned range live (the next hour from about xx:51 on) and the end of the
+    replayed range in `vmalert -replay`.
+
+    The same sums, with the current hour's picks told apart by parity instead: the 5-minute
+    picks of `[55m:5m]` (at most 11 needed; 55 minutes, so that a subquery range closed on
+    both ends, as in Prometheus 2, still reaches back no further than the hour before) fall
+    in at most two hours, whose numbers (`floor((t - 1) / 3600)`: a pick on the hour ends
+    the hour before) differ in parity. Each parity's sum is computed inside the subquery and
+    the one of the evaluation time's hour is kept outside it, where `time()` is the
+    evaluation time. A calendar month likewise: the hourly picks of `[31d:1h]` fall in at
+    most three months, told apart by `(year × 12 + month) mod 3`. Valid PromQL and MetricsQL,
+    with the same results as `_period_sum` on Prometheus.
+    """
+    if period.kind == "rolling":
+        hours = f"sum_over_time({hourly}[{period.name}:{TILE}])"
+    else:
+        month = "(year({t}) * 12 + month({t})) % 3"
+        hours = _pick_by(
+            hourly,
+            f"31d:{TILE}",
+            month.format(t="vector(time() - 1)"),
+            month.format(t="vector(time())"),
+            3,
+        )
+    since = _pick_by(
+        short,
+        f"{format_duration(TILE.seconds - SHORT_TILE.seconds)}:{SHORT_TILE}",
+        f"floor((vector(time()) - 1) / {TILE.seconds}) % 2",
+        f"floor(vector(time()) / {TILE.seconds}) % 2",
+        2,
+    )
+    # Each part 0 where it has no sample (a stack under an hour old, the first moment of a
+    # calendar month), so the sum always has one, as the raw windows have: the meta rules and
+    # alerts read the counts at the same evaluation time, never a previous one. Each part
+    # is one series (or vector(0)): `on()` matches them whatever their labels.
+    return f"(\n{hours}\nor on() vector(0)\n)\n+ on()\n(\n{since}\nor on() vector(0)\n)\n"
+
+
+def _pick_by(series_: str, subquery: str, key_at_pick: str, key_now: str, keys: int) -> str:
+    """The sum over `[subquery]` of the picks of `series_` whose key equals the evaluation
+    time's: one branch per key value, each summing inside the subquery the picks with that
+    key and kept outside it only when the evaluation time has that key."""
+    branches = [
+        f"(\n  sum_over_time(({series_} and on() {key_at_pick} == {k})[{subquery}])\n"
+        f"  and on() {key_now} == {k}\n)"
+        for k in range(keys)
+    ]
+    return "\nor\n".join(branches)
+
+
+def meta_recording_rules(slo: SLO, engine: Engine = "prometheus") -> list[dict[str, Any]]:
     labels = slo.rule_labels()
     budget = decimal_text(slo.error_budget)
     period = period_window_name(slo.period)
@@ -164,11 +251,13 @@ def meta_recording_rules(slo: SLO) -> list[dict[str, Any]]:
         ("slo:objective:ratio", f"vector({decimal_text(slo.objective)})"),
         ("slo:error_budget:ratio", f"vector({budget})"),
         ("slo:time_period:days", days),
-        ("slo:current_burn_rate:ratio", f"{series(RATIO + '5m', slo)} / {budget}"),
-        ("slo:period_burn_rate:ratio", f"{series(RATIO + period, slo)} / {budget}"),
+        ("slo:current_burn_rate:ratio", f"{_ratio(slo, '5m', engine)} / {budget}"),
+        ("slo:period_burn_rate:ratio", f"{_ratio(slo, period, engine)} / {budget}"),
         (
             "slo:period_error_budget_remaining:ratio",
-            f"1 - {series('slo:period_burn_rate:ratio', slo)}",
+            f"1 - {series('slo:period_burn_rate:ratio', slo)}"
+            if engine == "prometheus"
+            else f"1 - {_ratio(slo, period, engine)} / {budget}",
         ),
     ]
     return [{"record": name, "expr": expr, "labels": dict(labels)} for name, expr in rows]
@@ -182,7 +271,9 @@ def _alert(slo: SLO, alert: AlertDef, options: RuleOptions) -> dict[str, Any]:
     branches = []
     for cond in alert.conditions:
         limit = decimal_text(slo.threshold(cond))
-        parts = [f"{series(RATIO + w.name, slo)} > {limit}" for w in (cond.long, cond.short)]
+        parts = [
+            f"{_ratio(slo, w.name, options.engine)} > {limit}" for w in (cond.long, cond.short)
+        ]
         for w in (cond.long, cond.short):
             minimum = slo.alerting.min_events_for(w.name)
             if minimum:
@@ -224,14 +315,22 @@ def rule_groups(slos: Iterable[SLO], options: RuleOptions | None = None) -> list
 
 def _groups(slos: Iterable[SLO], options: RuleOptions) -> Iterator[dict[str, Any]]:
     for slo in slos:
-        for kind, rules in (
-            ("sli-recordings", sli_recording_rules(slo)),
-            ("meta-recordings", meta_recording_rules(slo)),
+        kinds = [
+            ("sli-recordings", sli_recording_rules(slo, options.engine)),
+            ("meta-recordings", meta_recording_rules(slo, options.engine)),
             ("alerts", alert_rules(slo, options)),
-        ):
+        ]
+        if options.engine == "victoriametrics":
+            # One group per SLO, its rules in the order they depend on each other: vmalert
+            # evaluates a group's rules in file order, but `vmalert -replay` 1.112 replays
+            # groups sorted by name (alerts and meta before the SLI recordings they read;
+            # 1.79 and 1.145 keep the file's order).
+            kinds = [("", [rule for _, rules in kinds for rule in rules])]
+        for kind, rules in kinds:
             if not rules:
                 continue
-            group: dict[str, Any] = {"name": f"hpcobs-slo-{kind}-{slo.id}"}
+            name = f"hpcobs-slo-{kind}-{slo.id}" if kind else f"hpcobs-slo-{slo.id}"
+            group: dict[str, Any] = {"name": name}
             if options.interval:
                 group["interval"] = options.interval
             group["rules"] = rules

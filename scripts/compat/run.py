@@ -13,8 +13,12 @@
   together (with the host's Slurm);
 - slurm: `scripts/compat/slurm.sh SUITE` (host, trixie, sid) builds its Slurm, prints
   `version: X` and runs the real-Slurm tests;
-- each function in ROWS adds rows: add one for another component (VictoriaMetrics: see
-  victoriametrics_rows).
+- victoriametrics/vmalert: Debian's victoria-metrics of bookworm (the host's), trixie and sid
+  (unpacked by scripts/compat/vm-debs.sh, like prom-debs.sh), its bin directory first on PATH:
+  the VictoriaMetrics rule-engine tests (vmalert `-replay` and live against the report) and
+  `vmalert -dryRun` on every generated rule file. Debian's builds report no version
+  (`-version` prints an empty line), so the version column shows the .deb's, marked so;
+- each function in ROWS adds rows: add one for another component.
 
 Each row's version column is what the binaries report (`--version`), not what was asked for.
 The table goes to stdout, a JSON copy to build/compat.json, each row's output to
@@ -63,6 +67,11 @@ ALERTMANAGER_TESTS = (
     "tests/real/test_alertmanager_inhibition.py",
 )
 E2E_TESTS = ("tests/real/test_e2e.py",)
+VICTORIAMETRICS_TESTS = (
+    "tests/real/test_slo_victoriametrics.py",
+    "tests/unit/test_slo_rules_engine.py::test_vmalert_accepts_them",
+)
+VM_BINARIES = ("victoria-metrics", "vmalert")
 
 
 @dataclass
@@ -266,11 +275,56 @@ def slurm_rows(suites: Sequence[str], script: Path = HERE / "slurm.sh") -> list[
     return [row_for("host" if s == "bookworm" else s) for s in suites]
 
 
-def victoriametrics_rows(suites: Sequence[str]) -> list[Check]:
-    """VictoriaMetrics and vmalert (Debian's victoria-metrics: 1.79 in bookworm, newer in
-    trixie and sid): no rows yet. Return a Check per suite, as slurm_rows does."""
-    del suites
-    return []
+def fetch_vm_suite(suite: str, log: Path, script: Path = HERE / "vm-debs.sh") -> PromSuite:
+    """Run vm-debs.sh SUITE: its bin directory and the versions of victoria-metrics and
+    vmalert; where a binary reports none (Debian's builds), the .deb's version, marked
+    "(.deb)"."""
+    out = PromSuite(suite)
+    with log.open("w") as f:
+        try:
+            proc = subprocess.run(
+                [str(script), suite],
+                stdout=subprocess.PIPE,
+                stderr=f,
+                text=True,
+                timeout=600,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            out.error = f"{script.name} {suite}: {exc}"
+            return out
+        f.write(proc.stdout)
+    fields = dict(line.partition(": ")[::2] for line in proc.stdout.splitlines())
+    if fields.get("bin"):
+        out.bin = Path(fields["bin"])
+    package = fields.get("package", "")
+    for name in VM_BINARIES:
+        reported = fields.get(name, "")
+        if reported and reported != "none reported":
+            out.versions[name] = reported
+        elif package:
+            out.versions[name] = f"{package} (.deb)"
+    if proc.returncode != 0 or out.bin is None:
+        out.error = f"{script.name} {suite} exited with {proc.returncode}: {tail(log, 3)}"
+    return out
+
+
+def victoriametrics_rows(suites: Sequence[str], script: Path = HERE / "vm-debs.sh") -> list[Check]:
+    """VictoriaMetrics and vmalert of each suite (Debian's victoria-metrics: 1.79 in bookworm,
+    1.112 in trixie, 1.145 in sid), fetched when the row runs. The rows run alone: the
+    replay's pauses and the live evaluations are timed."""
+
+    def row_for(suite: str) -> Check:
+        def run(log: Path) -> Row:
+            vm = fetch_vm_suite(suite, log.with_name(f"fetch-vm-{suite}.log"), script)
+            check = pytest_row(
+                "victoriametrics/vmalert", suite, vm, VICTORIAMETRICS_TESTS, VM_BINARIES
+            )
+            return check.run(log)
+
+        return Check("victoriametrics/vmalert", suite, run, alone=True)
+
+    return [row_for(s) for s in suites]
 
 
 @dataclass(frozen=True)

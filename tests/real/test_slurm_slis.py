@@ -20,6 +20,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -438,13 +440,19 @@ def test_odd_user_account_and_reservation_names_are_exported_safely(
     odd_rows = [(ODD + r[r.index(":") :]) if r in nobody else r for r in rows]
     passwd.write_text("\n".join(odd_rows) + "\n")
     cluster = slurm_cluster_factory()
+    # Under scripts/compat/slurm.sh the Slurm commands run chrooted into another release's
+    # root, where squeue reads that root's passwd: the private passwd goes over both.
+    targets = ["/etc/passwd"]
+    if root := os.environ.get("HPCOBS_COMPAT_SLURM_ROOT"):
+        targets.append(f"{root}/etc/passwd")
     command = [
         unshare,
         "--mount",
         "--",
         "sh",
         "-c",
-        'mount --bind "$0" /etc/passwd && exec "$@"',
+        f'for t in {" ".join(map(shlex.quote, targets))}; do mount --bind "$0" "$t" || exit 1;'
+        ' done; exec "$@"',
         str(passwd),
         str(BIN / PROGRAM),
     ]

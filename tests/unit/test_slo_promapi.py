@@ -353,3 +353,34 @@ def test_cli_bad_url_with_credentials_is_reported_redacted(
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+def test_vm_cluster_prefix_and_url_query_parameters(api: FakeAPI) -> None:
+    """vmselect serves the API under /select/<tenant>/prometheus; query parameters in the URL
+    (here VictoriaMetrics' extra_label) go with every request, never into the form or the
+    messages."""
+    c = client(api.url + "/select/0/prometheus/?extra_label=team%3Dhpc", retries=0)
+    assert c.base == api.url + "/select/0/prometheus"
+    c.query("up", 1)
+    api.replies.append((400, {"status": "error", "errorType": "bad_data", "error": "no"}))
+    with pytest.raises(QueryError) as info:
+        c.query_range("up", 1, 2, 1)
+    first, second = api.requests
+    assert first["path"] == "/select/0/prometheus/api/v1/query?extra_label=team%3Dhpc"
+    assert second["path"] == "/select/0/prometheus/api/v1/query_range?extra_label=team%3Dhpc"
+    assert "extra_label" not in first["form"]
+    assert str(info.value).startswith(f"HTTP 400 from {api.url}/select/0/prometheus/api/v1/")
+    assert "extra_label" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "hint"),
+    [
+        ("http://vm:8428/api/v1", "without /api/v1"),
+        ("http://vmselect:8481/select/0/prometheus/api/v1/query", "without /api/v1"),
+        ("http://prom:9090/#graph", "#fragment"),
+    ],
+)
+def test_urls_that_cannot_work_are_refused_with_a_hint(url: str, hint: str) -> None:
+    with pytest.raises(ValueError, match=hint):
+        client(url)
