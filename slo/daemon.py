@@ -7,20 +7,28 @@ loop keeps going, each SLO is marked stale and its figures disappear until an ev
 computes them again. A scrape judges staleness by the data's age too (older than
 `STALE_INTERVALS` × the interval: stale), so a Prometheus that hangs, keeping an
 evaluation waiting, shows as stale while it hangs, not only once the evaluation gives up.
+
+Beside the evaluation, the daemon receives Alertmanager's webhook (`incidents.py`): a POST
+route of the same HTTP server, so under the same TLS and basic auth, and a collector
+`incidents` that exports incident counts and durations.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from prometheus_client.metrics_core import Metric
 
-from hpcobs.exporters.runtime.collector import Collector
+from hpcobs.exporters.runtime.collector import Collector, CollectorSpec
+from hpcobs.exporters.runtime.server import PostRoute
 from hpcobs.slo.evaluator import Evaluation, Evaluator
+from hpcobs.slo.incidents import WEBHOOK_PATH, IncidentCollector, IncidentReceiver, Incidents
 from hpcobs.slo.metrics import DaemonState, families
 
 log = logging.getLogger("hpcobs.slo")
@@ -116,3 +124,19 @@ class SLOCollector(Collector):
 
     def close(self) -> None:
         self.engine.stop()
+
+
+def incident_receiver(args: argparse.Namespace) -> tuple[CollectorSpec, PostRoute]:
+    """The webhook receiver from `serve`'s flags, its state file restored: the collector that
+    exports its figures and the POST route that feeds it."""
+    receiver = IncidentReceiver(
+        Incidents(max_alertnames=args.incidents_max_alertnames),
+        Path(args.incidents_state_file) if args.incidents_state_file else None,
+    )
+    receiver.restore()
+    spec = CollectorSpec(
+        name="incidents",
+        help=f"incident counts and durations from Alertmanager's webhook (POST {WEBHOOK_PATH})",
+        factory=lambda _args, _services: IncidentCollector(receiver),
+    )
+    return spec, PostRoute(WEBHOOK_PATH, receiver.handle, args.incidents_max_body_bytes)

@@ -27,7 +27,7 @@ from hpcobs.exporters.runtime.collector import Collector, CollectorSpec, Service
 from hpcobs.exporters.runtime.log import setup_logging
 from hpcobs.exporters.runtime.memory import release_free_memory, tune_malloc
 from hpcobs.exporters.runtime.scrape import ScrapeCoordinator
-from hpcobs.exporters.runtime.server import ExporterServer, parse_listen_address
+from hpcobs.exporters.runtime.server import ExporterServer, PostRoute, parse_listen_address
 from hpcobs.exporters.runtime.webconfig import WebConfigError, load_web_config
 from hpcobs.exporters.version import VERSION, build_info
 
@@ -98,7 +98,10 @@ def serve(
     specs: Sequence[CollectorSpec],
     extra: Iterable[Callable[[], Iterable[Metric]]] = (),
     stop: threading.Event | None = None,
+    routes: Sequence[PostRoute] = (),
 ) -> int:
+    """Serve `specs`' enabled collectors (and `extra` families) on the telemetry path, and
+    `routes` (POST endpoints, e.g. a webhook) beside it, until SIGTERM/SIGINT or `stop`."""
     setup_logging(args.log_level, args.log_format)
     try:
         web = load_web_config(args.web_config_file)
@@ -130,6 +133,7 @@ def serve(
             max_connections=args.web_max_connections,
             idle_timeout=args.web_idle_timeout,
             read_header_timeout=args.web_read_header_timeout,
+            routes=routes,
         )
     except (OSError, ValueError) as exc:
         coordinator.close()

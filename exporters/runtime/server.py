@@ -14,6 +14,11 @@
   `read_header_timeout`, the next request on a keep-alive connection within `idle_timeout`.
   HTTP/1.0 keep-alive is answered `Connection: keep-alive`; HTTP/0.9 gets `400` and is closed.
 - `:port` and `[::]:port` listen on IPv6 and IPv4 (one dual-stack socket), as node_exporter.
+- POST routes (`PostRoute`, e.g. a webhook receiver), under the same TLS and basic auth: the
+  body needs a `Content-Length` (else `411`), one over the route's `max_body_bytes` gets `400`
+  unread (and the connection is closed), and it must arrive within `body_timeout`. The handler
+  answers one line of text; it runs in the connection's thread, so it never holds up a scrape.
+  A GET to a POST route, or a POST elsewhere, gets `405`.
 - Between requests the accepting thread sleeps in `poll()` without a timeout: a connection or
   `shutdown()` (through a wake-up socket, also the process' signal wake-up fd) wakes it, no
   timer does (socketserver's loop wakes every `poll_interval` to look for a shutdown).
@@ -34,7 +39,8 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -98,6 +104,18 @@ def scrape_timeout_from_header(value: str | None) -> float | None:
     return seconds - min(ENCODE_MARGIN, 0.1 * seconds)
 
 
+@dataclass(frozen=True)
+class PostRoute:
+    """A POST endpoint beside the telemetry path: `handle(body)` gets the whole request body
+    (at most `max_body_bytes`, read within `body_timeout` seconds) and returns the HTTP status
+    and one line of text for the reply. An exception in it answers `500` (logged)."""
+
+    path: str
+    handle: Callable[[bytes], tuple[int, str]]
+    max_body_bytes: int = 1 << 20
+    body_timeout: float = 30.0
+
+
 def _ipv6_available() -> bool:
     if not socket.has_ipv6:
         return False
@@ -137,6 +155,7 @@ class ExporterServer(ThreadingHTTPServer):
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         read_header_timeout: float = DEFAULT_READ_HEADER_TIMEOUT,
+        routes: Sequence[PostRoute] = (),
     ) -> None:
         host, port = address
         # `:port` and `[::]:port`: one IPv6 socket that takes IPv4 too (IPV6_V6ONLY=0); where
@@ -160,6 +179,13 @@ class ExporterServer(ThreadingHTTPServer):
         self.web = web or WebConfig()
         self.auth = BasicAuth(self.web.users)
         self.telemetry_path = telemetry_path
+        self.routes: dict[str, PostRoute] = {}
+        for route in routes:
+            if not route.path.startswith("/") or route.path in (telemetry_path, "/", "/healthz"):
+                raise ValueError(f"a POST route needs a path of its own: {route.path!r}")
+            if route.path in self.routes or route.max_body_bytes < 0:
+                raise ValueError(f"POST route {route.path!r}: listed twice or negative limit")
+            self.routes[route.path] = route
         self.slots = threading.BoundedSemaphore(max_requests) if max_requests > 0 else None
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
@@ -511,7 +537,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._serve(head=False)
 
-    def _serve(self, head: bool) -> None:
+    def do_POST(self) -> None:
+        self._serve(head=False, post=True)
+
+    def _serve(self, head: bool, post: bool = False) -> None:
+        keep_open = not self.close_connection
+        if post:  # a body left unread would be taken for the next request: close, unless
+            self.close_connection = True  # _post() reads it
         # Credentials first: a request that fails them never holds a request slot.
         try:
             if not self._authorized(head):
@@ -523,7 +555,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(503, b"too many concurrent requests\n", "text/plain; charset=utf-8", head)
             return
         try:
-            self._route(head)
+            if post:
+                self._post(keep_open)
+            else:
+                self._route(head)
         except (BrokenPipeError, ConnectionResetError):
             pass
         finally:
@@ -563,8 +598,56 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, b"ok\n", "text/plain; charset=utf-8", head)
         elif url.path == "/":
             self._reply(200, self.server.landing_page(), "text/html; charset=utf-8", head)
+        elif url.path in self.server.routes:
+            self._text(405, "use POST", head, {"Allow": "POST"})
         else:
             self._reply(404, b"404 page not found\n", "text/plain; charset=utf-8", head)
+
+    def _post(self, keep_open: bool) -> None:
+        route = self.server.routes.get(urlsplit(self.path).path)
+        if route is None:
+            allow = {"Allow": "GET, HEAD"}
+            self._text(405, "POST is accepted only on this server's POST routes", False, allow)
+            return
+        length_text = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding") or length_text is None:
+            self._text(411, "send the body with a Content-Length (not chunked)")
+            return
+        try:
+            length = int(length_text)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self._text(400, f"bad Content-Length {length_text[:40]!r}")
+            return
+        if length > route.max_body_bytes:
+            limit = route.max_body_bytes
+            self._text(400, f"body of {length} bytes is over the limit of {limit} bytes")
+            return
+        self._reader.deadline = time.monotonic() + route.body_timeout
+        try:
+            body = self.rfile.read(length)
+        except OSError:  # TimeoutError (too slow), reset
+            return
+        finally:
+            self._reader.deadline = None
+            self.connection.settimeout(self.server.idle_timeout)
+        if len(body) < length:  # the client went away
+            return
+        self.close_connection = not keep_open
+        try:
+            code, text = route.handle(body)
+        except Exception:
+            log.exception("POST handler failed", extra={"path": route.path})
+            code, text = 500, "internal error (logged)"
+        self._text(code, text)
+
+    def _text(
+        self, code: int, text: str, head: bool = False, headers: dict[str, str] | None = None
+    ) -> None:
+        """A plain-text reply of one line."""
+        line = " ".join(text.split()) + "\n"
+        self._reply(code, line.encode(), "text/plain; charset=utf-8", head, headers)
 
     def _metrics(self, query: dict[str, list[str]], head: bool) -> None:
         only = query.get("collect[]")
