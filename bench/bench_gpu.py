@@ -2,9 +2,16 @@
 
 The fake pynvml (tests/fakes/pynvml_fake.py) answers every call in Python, so the figures
 are the collector's own cost (threads, NVML call wrapping, attribution, family building)
-plus the fake's; a real driver adds its call latency (PCIe throughput samples take 20 ms
-per direction, read in parallel across GPUs). Prints p50/p99 of `collect()` and of a full
-text exposition, the series count, and the process RSS.
+plus the fake's; a real driver adds its call latency. The fake GPUs are H100s with GPM: the
+profiling metrics (a sample and a computation per GPU and per MIG GPU instance, from the
+second scrape on) are in the figures, and PCIe throughput comes from GPM; the old way's
+nvmlDeviceGetPcieThroughput, which a real driver makes wait 20 ms per direction, is not
+called (`--collector.gpu.pcie-throughput` only asks it of GPUs without GPM). Prints p50/p99
+of `collect()` and of a full text exposition, the series count, and the process RSS.
+
+Measured on the 2-core CI VM (issue 19), in instructions per collection under callgrind (the
+timings there move by ±20 % with the neighbours' load): before GPM 48.6 M (1,168 series,
+1,142 NVML calls), with GPM 48.1 M (1,310 series, 1,162 calls).
 """
 
 from __future__ import annotations

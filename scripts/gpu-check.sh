@@ -8,6 +8,19 @@
 # after the collection. A field nvidia-smi reports as [N/A] / [Not Supported] must be absent
 # from the exporter's output, and the other way round.
 #
+# Then, on the first GPU with GPM (Hopper and later), the profiling metrics over a window of
+# GPU_CHECK_WINDOW seconds (default 10) idle and then under a bf16 matmul load, against
+# `nvidia-smi dmon -s u` over the same window: SM activity against dmon's `sm` (a large GEMM
+# keeps every SM busy whenever a kernel runs, so the two agree under that load and when idle),
+# DRAM bandwidth against dmon's `mem` (memory controller busy time: related, not the same
+# measure, hence the wider tolerance); PCIe receive throughput is shown next to the bytes the
+# load copied host-to-device. Finally the collector's scrape time, p50 and max of 20 scrapes,
+# with GPM and with the old way (--no-collector.gpu.gpm --collector.gpu.pcie-throughput).
+# The load runs `GPU_CHECK_LOAD_PYTHON` (default: the first of .venv/bin/python, python3 that
+# imports torch) on a bf16 matmul; GPU_CHECK_LOAD_CMD replaces the whole load command (it
+# gets the GPU index and the seconds, and prints `ready` when it has started). Without
+# PyTorch the load comparison is skipped and says so.
+#
 # Exit status: 0 all fields agree, 1 a mismatch, 2 no NVIDIA GPU or driver here.
 # Needs: nvidia-smi, the NVIDIA driver (libnvidia-ml.so.1), and the hpcobs venv (.venv).
 set -euo pipefail
@@ -141,9 +154,176 @@ for b, a in zip(before, after, strict=True):
     check(g, "retired pages sbe", get("hpcobs_gpu_retired_pages", gpu=g, cause="multiple_single_bit_ecc"), both("retired_pages.single_bit_ecc.count"), "range")
     check(g, "retired pages dbe", get("hpcobs_gpu_retired_pages", gpu=g, cause="double_bit_ecc"), both("retired_pages.double_bit.count"), "range")
 
+# ---- GPM profiling metrics against nvidia-smi dmon, idle and under a bf16 matmul load ----
+import os
+import shlex
+import statistics
+import time
+
+WINDOW = float(os.environ.get("GPU_CHECK_WINDOW", "10"))
+LOAD_SCRIPT = r"""
+import sys, time, torch
+gpu, seconds = int(sys.argv[1]), float(sys.argv[2])
+device = torch.device("cuda", gpu)
+a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+host = torch.empty(256 << 20, dtype=torch.uint8).pin_memory()
+dev = torch.empty(256 << 20, dtype=torch.uint8, device=device)
+a @ b
+torch.cuda.synchronize(device)
+print("ready", flush=True)
+end = time.time() + seconds
+copied, started = 0, time.time()
+while time.time() < end:
+    for _ in range(10):
+        a @ b
+    dev.copy_(host, non_blocking=True)
+    copied += host.numel()
+    torch.cuda.synchronize(device)
+print(f"h2d_bytes_per_second {copied / (time.time() - started):.0f}", flush=True)
+"""
+
+
+def load_command(gpu: int, seconds: float) -> list[str] | None:
+    if os.environ.get("GPU_CHECK_LOAD_CMD"):
+        return [*shlex.split(os.environ["GPU_CHECK_LOAD_CMD"]), str(gpu), str(seconds)]
+    candidates = [os.environ.get("GPU_CHECK_LOAD_PYTHON"), sys.executable, "python3"]
+    for python in [c for c in candidates if c]:
+        probe = subprocess.run([python, "-c", "import torch; assert torch.cuda.is_available()"],
+                               capture_output=True, check=False)
+        if probe.returncode == 0:
+            return [python, "-c", LOAD_SCRIPT, str(gpu), str(seconds)]
+    return None
+
+
+def dmon(gpu: int, seconds: float) -> subprocess.Popen[str]:
+    """`nvidia-smi dmon -s u` on one GPU, a line a second."""
+    count = max(1, round(seconds))
+    return subprocess.Popen(["nvidia-smi", "dmon", "-s", "u", "-d", "1", "-c", str(count), "-i", str(gpu)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def dmon_means(proc: subprocess.Popen[str]) -> dict[str, float]:
+    """Mean of each dmon column (`sm`, `mem`, ...) over its lines."""
+    out, _ = proc.communicate(timeout=WINDOW + 30)
+    columns: list[str] = []
+    rows: list[list[str]] = []
+    for line in out.splitlines():
+        if line.startswith("#"):
+            if not columns:
+                columns = line.lstrip("#").split()
+            continue
+        if line.split():
+            rows.append(line.split())
+    means = {}
+    for i, name in enumerate(columns):
+        values = [number(r[i]) for r in rows if i < len(r)]
+        values = [v for v in values if v is not None]
+        if values:
+            means[name] = statistics.mean(values)
+    return means
+
+
+def window(collector: GpuCollector, gpu: int) -> tuple[dict[str, float], dict[str, float]]:
+    """(our GPM values over a window, dmon's means over the same window)."""
+    collector.collect()  # the sample the window starts from
+    proc = dmon(gpu, WINDOW)
+    time.sleep(WINDOW)
+    values = {s.name: s.value for f in collector.collect() for s in f.samples
+              if s.labels.get("gpu") == str(gpu) and "gpu_instance" not in s.labels}
+    return values, dmon_means(proc)
+
+
+gpm_rows = []
+
+
+def compare(what: str, mine: float | None, theirs: float | None, tol: float, note: str = "") -> None:
+    global failures
+    ok = mine is not None and theirs is not None and abs(mine - theirs) <= tol
+    failures += not ok
+    shown = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    gpm_rows.append((what, shown(mine), shown(theirs), f"±{tol:g}", ("ok" if ok else "MISMATCH") + note))
+
+
+collector = GpuCollector(NvmlSource(xid=False, processes=False))
+try:
+    collector.collect()  # GPM gives its metrics from the second scrape on
+    time.sleep(1)
+    first = {(s.name, s.labels.get("gpu")) for f in collector.collect() for s in f.samples}
+    gpm_gpus = [int(g["index"]) for g in before if ("hpcobs_gpu_sm_active_ratio", g["index"]) in first]
+    if not gpm_gpus:
+        print("\nGPM: no GPU here has GPM profiling metrics (Hopper and later): comparison skipped")
+    else:
+        gpu = gpm_gpus[0]
+        pct = lambda v: None if v is None else v * 100  # noqa: E731
+        idle, idle_smi = window(collector, gpu)
+        if idle_smi.get("sm", 100) <= 5:  # nothing else runs on it
+            compare("idle: SM activity % vs dmon sm", pct(idle.get("hpcobs_gpu_sm_active_ratio")), idle_smi.get("sm"), 5)
+        else:
+            gpm_rows.append(("idle", "", "", "", f"skipped: dmon sm {idle_smi.get('sm')} % (the GPU is in use)"))
+        command = load_command(gpu, WINDOW + 15)
+        if command is None:
+            gpm_rows.append(("bf16 matmul load", "", "", "", "skipped: no PyTorch with CUDA (GPU_CHECK_LOAD_PYTHON)"))
+        else:
+            env = {**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}  # CUDA's index = NVML's
+            load = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+            try:
+                started = load.stdout.readline().strip() if load.stdout else ""
+                if started != "ready":
+                    sys.exit(f"gpu-check: the load did not start (it printed {started!r})")
+                time.sleep(min(2.0, WINDOW))  # past the load's start
+                busy, busy_smi = window(collector, gpu)
+                rest, _ = load.communicate(timeout=WINDOW + 60)
+            finally:
+                if load.poll() is None:
+                    load.kill()
+            compare("bf16 load: SM activity % vs dmon sm", pct(busy.get("hpcobs_gpu_sm_active_ratio")), busy_smi.get("sm"), 15)
+            compare("bf16 load: DRAM bandwidth % vs dmon mem", pct(busy.get("hpcobs_gpu_dram_active_ratio")), busy_smi.get("mem"), 25,
+                    " (related measures)")
+            for name, label in (("hpcobs_gpu_tensor_active_ratio", "tensor activity %"),
+                                ("hpcobs_gpu_sm_occupancy_ratio", "SM occupancy %")):
+                value = busy.get(name)
+                gpm_rows.append((f"bf16 load: {label}", "-" if value is None else f"{value * 100:.1f}", "", "", "shown"))
+            copied = [float(w.split()[1]) for w in rest.splitlines() if w.startswith("h2d_bytes_per_second")]
+            received = busy.get("hpcobs_gpu_pcie_receive_bytes_per_second")
+            if copied and received is not None:
+                gpm_rows.append(("bf16 load: PCIe receive GB/s vs copied", f"{received / 1e9:.2f}",
+                                 f"{copied[0] / 1e9:.2f}", "", f"shown (ratio {received / copied[0]:.3f})"))
+finally:
+    collector.close()
+
+# ---- the gpu collector's scrape time: with GPM, and the old way (NVML's 20 ms PCIe sample) ----
+def scrape_times(source: NvmlSource, n: int = 20) -> tuple[float, float]:
+    c = GpuCollector(source)
+    try:
+        c.collect()
+        took = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            c.collect()
+            took.append(time.perf_counter() - t0)
+        return statistics.median(took) * 1000, max(took) * 1000
+    finally:
+        c.close()
+
+
+timing = {
+    "GPM (default)": scrape_times(NvmlSource(xid=False)),
+    "old way (--no-collector.gpu.gpm --collector.gpu.pcie-throughput)": scrape_times(NvmlSource(xid=False, gpm=False, pcie_throughput=True)),
+}
+
 width = [max(len(str(r[i])) for r in [("gpu", "field", "hpcobs", "nvidia-smi", "")] + rows) for i in range(5)]
 for row in [("gpu", "field", "hpcobs", "nvidia-smi", "")] + rows:
     print("  ".join(str(c).ljust(w) for c, w in zip(row, width)))
+if gpm_rows:
+    print(f"\nGPM on GPU {gpm_gpus[0]}, {WINDOW:g} s windows:")
+    head = ("check", "hpcobs", "nvidia-smi dmon", "tolerance", "")
+    width = [max(len(str(r[i])) for r in [head] + gpm_rows) for i in range(5)]
+    for row in [head] + gpm_rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, width)).rstrip())
+print("\ngpu collector scrape time, 20 scrapes:")
+for name, (p50, worst) in timing.items():
+    print(f"  {name}: p50 {p50:.1f} ms, max {worst:.1f} ms")
 driver = [(n, dict(lab)) for (n, lab) in ours if n == "hpcobs_gpu_driver_info"]
 print(f"\n{len(before)} GPU(s); driver_info: {driver[0][1] if driver else 'missing'}")
 print(f"gpu-check: {'OK' if not failures else f'{failures} mismatch(es)'}")

@@ -10,7 +10,12 @@ to metric families.
 
 A GPU that is down (lost, or no answer within `--collector.gpu.timeout`) has only
 `hpcobs_gpu_up 0` (and its XID counters); a value the GPU lacks has no series. No NVML or no
-GPU: no series, collector up. See docs/gpu.md.
+GPU: no series, collector up. Profiling metrics (GPM, Hopper and later) cover the interval
+between two scrapes: none at the first. See docs/gpu.md.
+
+The NVML source is imported when the collector is made, not with this module: a daemon
+without the gpu collector (rdma or lustre only) reads these definitions for its flags and docs
+and does not load it.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from __future__ import annotations
 import argparse
 import logging
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
 
 from hpcobs.exporters import attribution
 from hpcobs.exporters.attribution import JobAttributor, JobMappingDir
@@ -28,7 +35,9 @@ from hpcobs.exporters.runtime.collector import Collector, CollectorSpec, Service
 from hpcobs.exporters.runtime.families import Families
 from hpcobs.exporters.runtime.metricdef import MetricDef
 from hpcobs.exporters.runtime.once import OnceLog
-from hpcobs.exporters.sources.nvml import NvmlSource, Reading, Snapshot
+
+if TYPE_CHECKING:
+    from hpcobs.exporters.sources.nvml import NvmlSource, Profile, Reading, Snapshot
 
 G = ("gpu", "uuid")
 
@@ -136,13 +145,75 @@ PCIE_REPLAY = MetricDef(
 PCIE_TX = MetricDef(
     "hpcobs_gpu_pcie_transmit_bytes_per_second",
     "gauge",
-    "PCIe transmit throughput over NVML's 20 ms sample.",
+    "PCIe transmit throughput: GPM, over the interval between the last two scrapes; on GPUs "
+    "without GPM with --collector.gpu.pcie-throughput, NVML's 20 ms sample.",
     G,
 )
 PCIE_RX = MetricDef(
     "hpcobs_gpu_pcie_receive_bytes_per_second",
     "gauge",
-    "PCIe receive throughput over NVML's 20 ms sample.",
+    "PCIe receive throughput: GPM, over the interval between the last two scrapes; on GPUs "
+    "without GPM with --collector.gpu.pcie-throughput, NVML's 20 ms sample.",
+    G,
+)
+# GPM (NVML GPU performance monitoring, Hopper and later): each an average over the interval
+# between the previous scrape and this one (DCGM's profiling field in brackets).
+_OVER = "over the interval between the last two scrapes (NVML GPM)"
+SM_ACTIVE = MetricDef(
+    "hpcobs_gpu_sm_active_ratio",
+    "gauge",
+    f"Fraction of time the SMs had at least one warp resident, averaged over all SMs, {_OVER} "
+    "[DCGM_FI_PROF_SM_ACTIVE].",
+    G,
+)
+SM_OCCUPANCY = MetricDef(
+    "hpcobs_gpu_sm_occupancy_ratio",
+    "gauge",
+    f"Resident warps as a fraction of the most the SMs can hold, {_OVER} "
+    "[DCGM_FI_PROF_SM_OCCUPANCY].",
+    G,
+)
+TENSOR_ACTIVE = MetricDef(
+    "hpcobs_gpu_tensor_active_ratio",
+    "gauge",
+    f"Fraction of time any tensor core pipe was active, {_OVER} [DCGM_FI_PROF_PIPE_TENSOR_ACTIVE].",
+    G,
+)
+DRAM_ACTIVE = MetricDef(
+    "hpcobs_gpu_dram_active_ratio",
+    "gauge",
+    f"Device memory bandwidth used as a fraction of its theoretical maximum, {_OVER} "
+    "[DCGM_FI_PROF_DRAM_ACTIVE].",
+    G,
+)
+FP64_ACTIVE = MetricDef(
+    "hpcobs_gpu_fp64_active_ratio",
+    "gauge",
+    f"Fraction of time the SMs ran non-tensor FP64 math, {_OVER} [DCGM_FI_PROF_PIPE_FP64_ACTIVE].",
+    G,
+)
+FP32_ACTIVE = MetricDef(
+    "hpcobs_gpu_fp32_active_ratio",
+    "gauge",
+    f"Fraction of time the SMs ran non-tensor FP32 math, {_OVER} [DCGM_FI_PROF_PIPE_FP32_ACTIVE].",
+    G,
+)
+FP16_ACTIVE = MetricDef(
+    "hpcobs_gpu_fp16_active_ratio",
+    "gauge",
+    f"Fraction of time the SMs ran non-tensor FP16 math, {_OVER} [DCGM_FI_PROF_PIPE_FP16_ACTIVE].",
+    G,
+)
+NVLINK_TX = MetricDef(
+    "hpcobs_gpu_nvlink_transmit_bytes_per_second",
+    "gauge",
+    f"NVLink transmit throughput, all links together, {_OVER} [DCGM_FI_PROF_NVLINK_TX_BYTES].",
+    G,
+)
+NVLINK_RX = MetricDef(
+    "hpcobs_gpu_nvlink_receive_bytes_per_second",
+    "gauge",
+    f"NVLink receive throughput, all links together, {_OVER} [DCGM_FI_PROF_NVLINK_RX_BYTES].",
     G,
 )
 NVLINK_STATE = MetricDef(
@@ -190,6 +261,50 @@ MIG_UTILIZATION = MetricDef(
     "gauge",
     "Fraction of time a kernel ran on the MIG device (where the driver reports it).",
     M,
+)
+GI = (*G, "gpu_instance")  # GPM counts per MIG GPU instance (all its compute instances)
+_MIG_OVER = "of the MIG GPU instance, over the interval between the last two scrapes (NVML GPM)"
+MIG_SM_ACTIVE = MetricDef(
+    "hpcobs_gpu_mig_sm_active_ratio",
+    "gauge",
+    f"Fraction of time its SMs had at least one warp resident, {_MIG_OVER}.",
+    GI,
+)
+MIG_SM_OCCUPANCY = MetricDef(
+    "hpcobs_gpu_mig_sm_occupancy_ratio",
+    "gauge",
+    f"Resident warps as a fraction of the most its SMs can hold, {_MIG_OVER}.",
+    GI,
+)
+MIG_TENSOR_ACTIVE = MetricDef(
+    "hpcobs_gpu_mig_tensor_active_ratio",
+    "gauge",
+    f"Fraction of time any tensor core pipe was active, {_MIG_OVER}.",
+    GI,
+)
+MIG_DRAM_ACTIVE = MetricDef(
+    "hpcobs_gpu_mig_dram_active_ratio",
+    "gauge",
+    f"Memory bandwidth used as a fraction of its share of the maximum, {_MIG_OVER}.",
+    GI,
+)
+MIG_FP64_ACTIVE = MetricDef(
+    "hpcobs_gpu_mig_fp64_active_ratio",
+    "gauge",
+    f"Fraction of time its SMs ran non-tensor FP64 math, {_MIG_OVER}.",
+    GI,
+)
+MIG_FP32_ACTIVE = MetricDef(
+    "hpcobs_gpu_mig_fp32_active_ratio",
+    "gauge",
+    f"Fraction of time its SMs ran non-tensor FP32 math, {_MIG_OVER}.",
+    GI,
+)
+MIG_FP16_ACTIVE = MetricDef(
+    "hpcobs_gpu_mig_fp16_active_ratio",
+    "gauge",
+    f"Fraction of time its SMs ran non-tensor FP16 math, {_MIG_OVER}.",
+    GI,
 )
 PROCESSES = MetricDef("hpcobs_gpu_processes", "gauge", "Compute processes running on the GPU.", G)
 JOB_INFO = MetricDef(
@@ -240,6 +355,15 @@ METRICS = (
     PCIE_REPLAY,
     PCIE_TX,
     PCIE_RX,
+    SM_ACTIVE,
+    SM_OCCUPANCY,
+    TENSOR_ACTIVE,
+    DRAM_ACTIVE,
+    FP64_ACTIVE,
+    FP32_ACTIVE,
+    FP16_ACTIVE,
+    NVLINK_TX,
+    NVLINK_RX,
     NVLINK_STATE,
     NVLINK_ERRORS,
     FAN,
@@ -249,6 +373,13 @@ METRICS = (
     MIG_MEMORY_USED,
     MIG_MEMORY_TOTAL,
     MIG_UTILIZATION,
+    MIG_SM_ACTIVE,
+    MIG_SM_OCCUPANCY,
+    MIG_TENSOR_ACTIVE,
+    MIG_DRAM_ACTIVE,
+    MIG_FP64_ACTIVE,
+    MIG_FP32_ACTIVE,
+    MIG_FP16_ACTIVE,
     PROCESSES,
     JOB_INFO,
     JOB_MEMORY,
@@ -274,7 +405,11 @@ class GpuCollector(Collector):
         max_jobs: int = 64,
     ) -> None:
         """`attributor`: the daemon's shared one (default: a private one over /proc)."""
-        self.source = source if source is not None else NvmlSource()
+        if source is None:
+            from hpcobs.exporters.sources.nvml import NvmlSource
+
+            source = NvmlSource()
+        self.source = source
         self.attributor = attributor if attributor is not None else JobAttributor()
         self.job_mapping_dir = job_mapping_dir
         self.mapping = JobMappingDir(job_mapping_dir, log) if job_mapping_dir else None
@@ -418,11 +553,22 @@ def _gpu(out: Families, r: Reading, ids: Labels) -> None:
     _add(out, PCIE_REPLAY, ids, r.pcie_replay)
     _add(out, PCIE_TX, ids, r.pcie_transmit_bytes_per_second)
     _add(out, PCIE_RX, ids, r.pcie_receive_bytes_per_second)
-    for nvlink in r.nvlinks:
-        link = {**ids, "link": str(nvlink.link)}
-        out.add(NVLINK_STATE, link, float(nvlink.active))
-        for counter, count in nvlink.errors.items():
-            out.add(NVLINK_ERRORS, {**link, "counter": counter}, float(count))
+    if r.profile is not None:
+        _profile(out, _GPU_PROFILE, r.profile, ids)
+        _add(out, NVLINK_TX, ids, r.profile.nvlink_transmit_bytes_per_second)
+        _add(out, NVLINK_RX, ids, r.profile.nvlink_receive_bytes_per_second)
+    if r.nvlinks:
+        # 18 links x 6 series per GPU, two thirds of the collector's series: appended to the
+        # two families here rather than through `Families.add` per sample (what `add` does,
+        # without its two calls a sample: 2 % of the 8-GPU bench's collection)
+        states = out.family(NVLINK_STATE).samples
+        counters = out.family(NVLINK_ERRORS).samples
+        for link_number, active, errors in r.nvlinks:
+            link = {**ids, "link": str(link_number)}
+            states.append(Sample(NVLINK_STATE.name, link, 1.0 if active else 0.0))
+            for counter, count in errors.items():
+                labels = {**link, "counter": counter}
+                counters.append(Sample(NVLINK_ERRORS.name, labels, float(count)))
     _add(out, FAN, ids, r.fan_ratio)
     _add(out, PSTATE, ids, r.performance_state)
     _add(out, MIG_ENABLED, ids, r.mig_enabled)
@@ -437,6 +583,36 @@ def _gpu(out: Families, r: Reading, ids: Labels) -> None:
             out.add(MIG_MEMORY_USED, instance, float(mig.memory[0]))
             out.add(MIG_MEMORY_TOTAL, instance, float(mig.memory[1]))
         _add(out, MIG_UTILIZATION, instance, mig.utilization)
+    for gpu_instance, profile in r.mig_profiles.items():
+        _profile(out, _MIG_PROFILE, profile, {**ids, "gpu_instance": str(gpu_instance)})
+
+
+# The activity ratios of a `Profile`, per GPU and per MIG GPU instance.
+_GPU_PROFILE = (
+    SM_ACTIVE,
+    SM_OCCUPANCY,
+    TENSOR_ACTIVE,
+    DRAM_ACTIVE,
+    FP64_ACTIVE,
+    FP32_ACTIVE,
+    FP16_ACTIVE,
+)
+_MIG_PROFILE = (
+    MIG_SM_ACTIVE,
+    MIG_SM_OCCUPANCY,
+    MIG_TENSOR_ACTIVE,
+    MIG_DRAM_ACTIVE,
+    MIG_FP64_ACTIVE,
+    MIG_FP32_ACTIVE,
+    MIG_FP16_ACTIVE,
+)
+
+
+def _profile(out: Families, metrics: tuple[MetricDef, ...], p: Profile, labels: Labels) -> None:
+    """The activity ratios: the first fields of a `Profile`, in the order of `metrics`."""
+    for metric, value in zip(metrics, p, strict=False):
+        if value is not None:
+            out.add(metric, labels, value)
 
 
 def _options(group: argparse._ArgumentGroup) -> None:
@@ -464,11 +640,21 @@ def _options(group: argparse._ArgumentGroup) -> None:
         help="list GPU processes and attribute them to Slurm jobs (default: on)",
     )
     group.add_argument(
+        "--collector.gpu.gpm",
+        dest="gpu_gpm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="profiling metrics from NVML GPM on GPUs that have it (Hopper and later): SM "
+        "activity and occupancy, tensor, DRAM, FP64/32/16 activity, PCIe and NVLink "
+        "throughput, over the interval between two scrapes (default: on)",
+    )
+    group.add_argument(
         "--collector.gpu.pcie-throughput",
         dest="gpu_pcie_throughput",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="read PCIe throughput (NVML samples 20 ms per direction and GPU; default: on)",
+        default=False,
+        help="on GPUs without GPM, read PCIe throughput with nvmlDeviceGetPcieThroughput: a "
+        "20 ms sample per direction that each scrape waits for (default: off)",
     )
     group.add_argument(
         "--collector.gpu.job-mapping-dir",
@@ -490,10 +676,13 @@ def _options(group: argparse._ArgumentGroup) -> None:
 
 
 def _factory(args: argparse.Namespace, services: Services) -> GpuCollector:
+    from hpcobs.exporters.sources.nvml import NvmlSource
+
     source = NvmlSource(
         timeout=args.gpu_timeout,
         xid=args.gpu_xid,
         processes=args.gpu_processes,
+        gpm=args.gpu_gpm,
         pcie_throughput=args.gpu_pcie_throughput,
     )
     return GpuCollector(
@@ -506,7 +695,8 @@ def _factory(args: argparse.Namespace, services: Services) -> GpuCollector:
 
 SPEC = CollectorSpec(
     name="gpu",
-    help="NVIDIA GPUs through NVML: utilization, memory, power, ECC, NVLink, XID, jobs",
+    help="NVIDIA GPUs through NVML: utilization, profiling (GPM), memory, power, ECC, NVLink, "
+    "XID, jobs",
     default_enabled=True,
     add_arguments=_options,
     factory=_factory,

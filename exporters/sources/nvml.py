@@ -30,26 +30,37 @@ GPU, logged once per GPU and call at debug level, and is not repeated. No `pynvm
 library, no driver, or no GPU: `read()` returns None (one info line). Other init failures
 raise `NvmlInitError`; init is retried with exponential backoff.
 
+Profiling metrics come from GPM (GPU performance monitoring, Hopper and later:
+`nvmlGpmSampleGet`, `nvmlGpmMigSampleGet` per MIG GPU instance, `nvmlGpmMetricsGet`). Taking a
+sample is one quick call; the metrics are computed over the interval between the previous
+scrape's sample and this scrape's (two buffers per GPU and GPU instance, swapped each scrape), so
+nothing waits for a sampling window and the first scrape after start (or after a GPU came back)
+has none. A GPU without GPM has none, with one info line saying why; its PCIe throughput is then
+read the old way (`nvmlDeviceGetPcieThroughput`, a 20 ms sample per direction that the scrape
+waits for) only when `pcie_throughput` asks for it.
+
 XID errors are counted by a background thread (`XidWatcher`: `nvmlEventSetCreate`,
-`nvmlDeviceRegisterEvents` with the XID-critical mask, `nvmlEventSetWait`), per GPU and XID;
-it outlives GPUs that stop answering and stops in `close()`. Its counts are kept for a lost
-GPU (XID 79, "fallen off the bus", is what explains the loss).
+`nvmlDeviceRegisterEvents` with the XID-critical mask, `nvmlEventSetWait` 5 s at a time), per
+GPU and XID; it outlives GPUs that stop answering and stops in `close()`, which does not wait
+for the NVML wait to end: the thread frees its event set and shuts NVML down when it returns.
+Its counts are kept for a lost GPU (XID 79, "fallen off the bus", is what explains the loss).
 """
 
 from __future__ import annotations
 
 import ctypes
 import enum
+import functools
 import importlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from functools import partial
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from hpcobs.exporters.runtime.once import OnceLog
 from hpcobs.exporters.runtime.singleflight import SingleFlight
@@ -89,6 +100,28 @@ NVLINK_ERROR_COUNTERS = {"replay": 0, "recovery": 1, "crc_flit": 2, "crc_data": 
 PSTATE_UNKNOWN = 32
 # The version word NVML expects for nvmlMemory_v2_t (sizeof | 2 << 24).
 _MEMORY_V2 = 0x02000028
+NVML_GPM_METRICS_GET_VERSION = 1  # c_nvmlGpmMetricsGet_t.version
+
+# GPM metrics read (nvmlGpmMetricId_t, nvml.h): `Profile` field -> (metric id, factor to base
+# units), in the order of Profile's fields. NVML gives activities in percent and PCIe/NVLink
+# throughput in MiB/s (nvml.h: "PCIe traffic from this GPU in MiB/sec"): 1,048,576 bytes/s.
+_PERCENT = 0.01
+_MIB = float(1 << 20)
+GPM_METRICS: dict[str, tuple[int, float]] = {
+    "sm_active": (2, _PERCENT),  # NVML_GPM_METRIC_SM_UTIL
+    "sm_occupancy": (3, _PERCENT),  # NVML_GPM_METRIC_SM_OCCUPANCY
+    "tensor_active": (5, _PERCENT),  # NVML_GPM_METRIC_ANY_TENSOR_UTIL
+    "dram_active": (10, _PERCENT),  # NVML_GPM_METRIC_DRAM_BW_UTIL
+    "fp64_active": (11, _PERCENT),  # NVML_GPM_METRIC_FP64_UTIL
+    "fp32_active": (12, _PERCENT),  # NVML_GPM_METRIC_FP32_UTIL
+    "fp16_active": (13, _PERCENT),  # NVML_GPM_METRIC_FP16_UTIL
+    "pcie_transmit_bytes_per_second": (20, _MIB),  # NVML_GPM_METRIC_PCIE_TX_PER_SEC
+    "pcie_receive_bytes_per_second": (21, _MIB),  # NVML_GPM_METRIC_PCIE_RX_PER_SEC
+    "nvlink_transmit_bytes_per_second": (61, _MIB),  # NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC
+    "nvlink_receive_bytes_per_second": (60, _MIB),  # NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC
+}
+# A MIG GPU instance: its share of the SMs and memory; PCIe and NVLink belong to the GPU.
+MIG_GPM_METRICS = {k: v for k, v in GPM_METRICS.items() if v[1] == _PERCENT}
 
 
 class ErrorKind(enum.Enum):
@@ -215,6 +248,13 @@ class Event:
 
 _NOT_AVAILABLE_U32 = 0xFFFFFFFF
 _NOT_AVAILABLE_U64 = 0xFFFFFFFFFFFFFFFF
+
+
+# nvidia-ml-py's structures run Python code on each field access (to decode strings); the
+# numbers of a GPM request (~40 fields a call) are read and written past it: a `gpm_metrics`
+# call against the fake went from 140 µs to about 25 µs.
+_get_field = object.__getattribute__
+_set_field = object.__setattr__
 
 
 def _text(value: Any) -> str:
@@ -359,12 +399,11 @@ class Nvml:
     def nvlink_active(self, handle: Any, link: int) -> bool:
         return bool(int(self._fn("nvmlDeviceGetNvLinkState")(handle, link)))
 
-    def nvlink_errors(self, handle: Any, link: int, counter: str) -> int:
-        return int(
-            self._fn("nvmlDeviceGetNvLinkErrorCounter")(
-                handle, link, NVLINK_ERROR_COUNTERS[counter]
-            )
-        )
+    def nvlink_error_counter(self) -> Callable[[Any, int, int], int]:
+        """nvmlDeviceGetNvLinkErrorCounter(handle, link, counter) itself (it answers an int):
+        a GPU's read calls it 90 times (18 links x 5 counters), without a wrapper each (4 %
+        of bench/bench_gpu.py's collection, in instructions under callgrind)."""
+        return self._fn("nvmlDeviceGetNvLinkErrorCounter")
 
     def fan_ratio(self, handle: Any) -> float:
         return int(self._fn("nvmlDeviceGetFanSpeed")(handle)) / 100.0
@@ -389,6 +428,54 @@ class Nvml:
 
     def compute_instance_id(self, handle: Any) -> int:
         return int(self._fn("nvmlDeviceGetComputeInstanceId")(handle))
+
+    # GPM (GPU performance monitoring: Hopper and later, drivers R520 and later)
+    def gpm_supported(self, handle: Any) -> bool:
+        return bool(int(self._fn("nvmlGpmQueryDeviceSupport")(handle).isSupportedDevice))
+
+    def gpm_sample_alloc(self) -> Any:
+        return self._fn("nvmlGpmSampleAlloc")()
+
+    def gpm_sample_free(self, sample: Any) -> None:
+        self._fn("nvmlGpmSampleFree")(sample)
+
+    def gpm_sample(self, handle: Any, sample: Any) -> Any:
+        """Read the GPU's counters into `sample` (a `gpm_sample_alloc` buffer); returns it."""
+        return self._fn("nvmlGpmSampleGet")(handle, sample)
+
+    def gpm_mig_sample(self, handle: Any, gpu_instance: int, sample: Any) -> Any:
+        """Read one MIG GPU instance's counters (`handle`: its parent GPU) into `sample`."""
+        return self._fn("nvmlGpmMigSampleGet")(handle, gpu_instance, sample)
+
+    def gpm_metrics(
+        self, earlier: Any, later: Any, metric_ids: Sequence[int]
+    ) -> tuple[dict[int, float], dict[int, int]]:
+        """The metrics over the interval between two samples of one GPU or GPU instance:
+        (metric id -> value as NVML gives it, metric id -> NVML error of those it could not
+        compute). The request (c_nvmlGpmMetricsGet_t, room for every metric NVML knows: 19 KB)
+        is made per call rather than kept per GPU and GPU instance."""
+        request_type = getattr(self.m, "c_nvmlGpmMetricsGet_t", None)
+        if request_type is None:
+            raise MissingFunction("c_nvmlGpmMetricsGet_t")
+        request = request_type()
+        _set_field(request, "version", NVML_GPM_METRICS_GET_VERSION)
+        _set_field(request, "numMetrics", len(metric_ids))
+        _set_field(request, "sample1", earlier)
+        _set_field(request, "sample2", later)
+        metrics = _get_field(request, "metrics")
+        for slot, metric_id in enumerate(metric_ids):
+            _set_field(metrics[slot], "metricId", metric_id)
+        self._fn("nvmlGpmMetricsGet")(request)
+        values: dict[int, float] = {}
+        errors: dict[int, int] = {}
+        for slot, metric_id in enumerate(metric_ids):
+            metric = metrics[slot]
+            code = _get_field(metric, "nvmlReturn")
+            if code:
+                errors[metric_id] = code
+            else:
+                values[metric_id] = _get_field(metric, "value")
+        return values, errors
 
     # processes
     def compute_processes(self, handle: Any) -> list[GpuProcess]:
@@ -492,14 +579,30 @@ class Device:
     pci_bus_id: str = ""
     key: int = 0
     skip: set[str] = field(default_factory=set)  # calls that answered "not supported"
+    gpm_supported: bool | None = None  # None: not asked yet
+    # GPM sample buffers of the GPU (key None) and of each MIG GPU instance (its id); only
+    # the GPU's worker touches them
+    gpm: dict[int | None, GpmSeries] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
         return str(self.index)
 
 
-@dataclass(frozen=True)
-class NvLink:
+@dataclass
+class GpmSeries:
+    """The GPM samples of one GPU or MIG GPU instance: the last scrape's (`previous`) and a
+    buffer to read the next one into (`spare`); the two swap every scrape."""
+
+    metric_ids: tuple[int, ...]  # asked of nvmlGpmMetricsGet (less those it does not support)
+    previous: Any = None  # None until the first sample
+    spare: Any = None
+
+    def buffers(self) -> list[Any]:
+        return [b for b in (self.previous, self.spare) if b is not None]
+
+
+class NvLink(NamedTuple):  # a tuple: 18 a GPU and scrape
     link: int
     active: bool
     errors: dict[str, int]  # NVLINK_ERROR_COUNTERS name → count, those the GPU answered
@@ -513,6 +616,25 @@ class MigDevice:
     name: str
     memory: tuple[int, int] | None  # (used, total) bytes
     utilization: float | None  # where the driver reports it
+
+
+class Profile(NamedTuple):
+    """GPM metrics of a GPU or MIG GPU instance, each averaged over the interval between the
+    previous scrape's sample and this scrape's: ratios 0-1 and bytes per second; None where
+    NVML did not give the metric (the GPU lacks it, e.g. NVLink on a PCIe card). Fields in
+    the order of GPM_METRICS."""
+
+    sm_active: float | None = None  # SMs with at least one warp resident, over all SMs
+    sm_occupancy: float | None = None  # resident warps / the maximum the SMs hold
+    tensor_active: float | None = None  # any tensor core pipe active
+    dram_active: float | None = None  # DRAM bandwidth used / its theoretical maximum
+    fp64_active: float | None = None  # non-tensor FP64 pipe active
+    fp32_active: float | None = None
+    fp16_active: float | None = None
+    pcie_transmit_bytes_per_second: float | None = None
+    pcie_receive_bytes_per_second: float | None = None
+    nvlink_transmit_bytes_per_second: float | None = None  # all links together
+    nvlink_receive_bytes_per_second: float | None = None
 
 
 @dataclass
@@ -537,6 +659,7 @@ class Reading:
     retired_pages_pending: bool | None = None
     remapped_rows: RemappedRows | None = None
     pcie_replay: int | None = None
+    # from GPM over the interval since the last scrape, or NVML's 20 ms sample (legacy)
     pcie_transmit_bytes_per_second: float | None = None
     pcie_receive_bytes_per_second: float | None = None
     nvlinks: list[NvLink] = field(default_factory=list)
@@ -545,6 +668,8 @@ class Reading:
     mig_enabled: bool | None = None
     mig: list[MigDevice] = field(default_factory=list)
     processes: list[GpuProcess] | None = None
+    profile: Profile | None = None  # GPM; None: no GPM, or the first sample
+    mig_profiles: dict[int, Profile] = field(default_factory=dict)  # by GPU instance id
 
 
 @dataclass(frozen=True)
@@ -571,6 +696,15 @@ class _Session:
     watcher: XidWatcher | None = None
 
 
+# How long one nvmlEventSetWait waits: the XID thread's only periodic wake-up (an event ends
+# the wait at once). A wait inside NVML cannot be interrupted, so stopping the thread takes up
+# to this long; `XidWatcher.stop` does not wait that long (it hands the rest of the teardown to
+# the thread), so a long wait costs neither shutdown nor re-initialisation any time.
+XID_WAIT_MS = 5000
+# How long `XidWatcher.stop` waits for the thread before handing the teardown to it.
+XID_STOP_GRACE_SECONDS = 0.25
+
+
 class XidWatcher:
     """A thread that waits on an NVML event set and reports XID events."""
 
@@ -579,7 +713,7 @@ class XidWatcher:
         nv: Nvml,
         devices: list[Device],
         on_xid: Callable[[int, int], None],
-        wait_ms: int = 500,
+        wait_ms: int = XID_WAIT_MS,
     ) -> None:
         self.nv = nv
         self.on_xid = on_xid
@@ -587,6 +721,9 @@ class XidWatcher:
         self.registered = 0
         self.errors = 0
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._ended = False  # the thread has freed the event set (or never started)
+        self._then: Callable[[], None] | None = None  # run by the thread once it has ended
         self._once = OnceLog(log)
         self.event_set = nv.event_set_create()
         for device in devices:
@@ -609,6 +746,7 @@ class XidWatcher:
             self._thread.start()
         else:
             self._free()
+            self._ended = True
 
     @property
     def running(self) -> bool:
@@ -636,6 +774,11 @@ class XidWatcher:
                 except Exception:  # never let one event end the thread
                     log.exception("counting an XID event failed")
         self._free()
+        with self._lock:
+            self._ended = True
+            then, self._then = self._then, None
+        if then is not None:
+            then()
 
     def _free(self) -> None:
         try:
@@ -643,13 +786,21 @@ class XidWatcher:
         except Exception as exc:
             log.debug("freeing the NVML event set failed", extra={"err": error_name(exc)})
 
-    def stop(self, timeout: float | None = None) -> bool:
-        """Stop the thread; False when it did not end within `timeout` (a wedged wait)."""
+    def stop(
+        self, then: Callable[[], None] | None = None, timeout: float = XID_STOP_GRACE_SECONDS
+    ) -> bool:
+        """Ask the thread to stop and wait up to `timeout` for it. True when it has ended (the
+        event set is freed). False when it is still inside nvmlEventSetWait (up to `wait_ms`,
+        or stuck in a wedged driver): then `then` runs on the thread once the wait returns and
+        the set is freed, which is where an nvmlShutdown that must not overlap the wait goes."""
         self._stop.set()
-        if not self._thread.is_alive():
-            return True
-        self._thread.join(self.wait_ms / 1000.0 + 1.0 if timeout is None else timeout)
-        return not self._thread.is_alive()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        with self._lock:
+            if self._ended:
+                return True
+            self._then = then
+            return False
 
 
 class NvmlSource:
@@ -662,18 +813,23 @@ class NvmlSource:
         timeout: float = 4.0,
         xid: bool = True,
         processes: bool = True,
-        pcie_throughput: bool = True,
+        gpm: bool = True,
+        pcie_throughput: bool = False,
         backoff_initial: float = 5.0,
         backoff_max: float = 300.0,
-        xid_wait_ms: int = 500,
+        xid_wait_ms: int = XID_WAIT_MS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`gpm`: profiling metrics where the GPU has GPM. `pcie_throughput`: on GPUs without
+        GPM (or with `gpm` off), PCIe throughput from nvmlDeviceGetPcieThroughput, whose 20 ms
+        sample per direction the GPU's read waits for."""
         if timeout <= 0:
             raise ValueError("--collector.gpu.timeout must be positive")
         self.loader = loader
         self.timeout = timeout
         self.xid_enabled = xid
         self.processes_enabled = processes
+        self.gpm_enabled = gpm
         self.pcie_throughput = pcie_throughput
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -807,27 +963,43 @@ class NvmlSource:
         if session is None:
             return
         log.warning("re-initialising NVML", extra={"reason": reason})
-        if session.watcher is not None:
-            session.watcher.stop()
-        try:
-            self._call("shutdown", session.nv.shutdown, min(self.timeout, 1.0))
-        except Exception as exc:
-            log.debug("nvmlShutdown failed", extra={"err": _describe(exc)})
+        self._teardown(session)
         self._next_init = self.clock() + self._backoff
         self._backoff = min(self._backoff * 2, self.backoff_max)
         self._init_error = f"NVML re-initialising after: {reason}"
 
     def close(self) -> None:
-        """Stop the XID thread, shut NVML down, and let the workers exit."""
+        """Free the GPM samples, stop the XID thread, shut NVML down, let the workers exit."""
         session, self._session = self._session, None
         if session is not None:
-            if session.watcher is not None and not session.watcher.stop():
-                log.warning("XID event thread did not stop (NVML wait stuck)")
-            try:
-                self._call("shutdown", session.nv.shutdown, min(self.timeout, 1.0))
-            except Exception as exc:
-                log.debug("nvmlShutdown failed", extra={"err": _describe(exc)})
+            self._teardown(session)
         self.flights.close()
+
+    def _teardown(self, session: _Session) -> None:
+        """End a session. nvmlShutdown must not run while the XID thread waits inside NVML:
+        when the thread does not stop within its grace, it shuts NVML down itself once its
+        wait returns (NVML counts nvmlInit/nvmlShutdown pairs, so a new session may start
+        meanwhile). Neither shutdown nor a re-initialisation waits for the XID wait."""
+        self._free_gpm_samples(session)
+        watcher = session.watcher
+        if watcher is not None and not watcher.stop(then=partial(_shutdown_quietly, session.nv)):
+            log.debug("XID event thread in its NVML wait; it shuts NVML down when that returns")
+            return
+        try:
+            self._call("shutdown", session.nv.shutdown, min(self.timeout, 1.0))
+        except Exception as exc:
+            log.debug("nvmlShutdown failed", extra={"err": _describe(exc)})
+
+    def _free_gpm_samples(self, session: _Session) -> None:
+        """Free every GPU's GPM buffers on its own worker (the one thread that uses them). A
+        GPU whose read is still in flight (a wedged driver) keeps its buffers: freeing one
+        under a running call would be worse than the few KiB left behind."""
+        flights = [
+            self.flights.submit(f"gpu{d.index}", partial(self._drop_gpm, session.nv, d))
+            for d in session.devices
+            if d.gpm
+        ]
+        wait_futures([f.future for f in flights if not f.joined], timeout=min(self.timeout, 1.0))
 
     # -- XID events ------------------------------------------------------------------
     def _count_xid(self, device_key: int, xid: int) -> None:
@@ -977,6 +1149,8 @@ class NvmlSource:
         try:
             return self._read_device(nv, device)
         except GpuLost as exc:
+            # its GPM samples predate the loss: the interval to the next one would span it
+            self._drop_gpm(nv, device)
             return Reading(device, up=False, error=str(exc))
 
     def _read_device(self, nv: Nvml, device: Device) -> Reading:
@@ -990,40 +1164,47 @@ class NvmlSource:
         r.power_watts = q(device, "power", nv.power_watts, h)
         r.power_limit_watts = q(device, "power_limit", nv.power_limit_watts, h)
         r.energy_joules = q(device, "energy", nv.energy_joules, h)
-        for clock in CLOCKS:
-            _put(r.clocks_hertz, clock, q(device, f"clock_{clock}", nv.clock_hertz, h, clock))
+        for clock, key in _CLOCK_KEYS:
+            _put(r.clocks_hertz, clock, q(device, key, nv.clock_hertz, h, clock))
         reasons = q(device, "clock_event_reasons", nv.clock_event_reasons, h)
         r.clock_event_reasons = None if reasons is None else reason_names(reasons)
-        for kind in ECC_TYPES:
-            aggregate = q(device, f"ecc_{kind}_aggregate", nv.ecc_errors, h, kind, "aggregate")
-            volatile = q(device, f"ecc_{kind}_volatile", nv.ecc_errors, h, kind, "volatile")
+        for kind, aggregate_key, volatile_key in _ECC_KEYS:
+            aggregate = q(device, aggregate_key, nv.ecc_errors, h, kind, "aggregate")
+            volatile = q(device, volatile_key, nv.ecc_errors, h, kind, "volatile")
             _put(r.ecc_aggregate, kind, aggregate)
             _put(r.ecc_volatile, kind, volatile)
-        for cause in RETIREMENT_CAUSES:
-            pages = q(device, f"retired_{cause}", nv.retired_pages, h, cause)
-            _put(r.retired_pages, cause, pages)
+        for cause, key in _RETIRED_KEYS:
+            _put(r.retired_pages, cause, q(device, key, nv.retired_pages, h, cause))
         r.retired_pages_pending = q(device, "retired_pending", nv.retired_pages_pending, h)
         r.remapped_rows = q(device, "remapped_rows", nv.remapped_rows, h)
         r.pcie_replay = q(device, "pcie_replay", nv.pcie_replay, h)
-        if self.pcie_throughput:
+        gpm = self.gpm_enabled and self._gpm_available(nv, device)
+        if self.pcie_throughput and not gpm:  # waits 20 ms per direction: only when asked
             tx = q(device, "pcie_tx", nv.pcie_throughput_bytes, h, "transmit")
             r.pcie_transmit_bytes_per_second = tx
             rx = q(device, "pcie_rx", nv.pcie_throughput_bytes, h, "receive")
             r.pcie_receive_bytes_per_second = rx
-        for link in range(nv.nvlink_max_links()):
-            active = q(device, f"nvlink_state_{link}", nv.nvlink_active, h, link)
+        error_count = q(device, "nvlink_error_counter", nv.nvlink_error_counter)
+        for link, state_key, counters in _nvlink_calls(nv.nvlink_max_links()):
+            if state_key in device.skip:  # a link this GPU lacks
+                continue
+            active = q(device, state_key, nv.nvlink_active, h, link)
             if active is None:
                 continue
             errors: dict[str, int] = {}
-            for counter in NVLINK_ERROR_COUNTERS:
-                value = q(device, f"nvlink_{counter}_{link}", nv.nvlink_errors, h, link, counter)
-                _put(errors, counter, value)
+            if error_count is not None:
+                for counter, code, key in counters:
+                    value = q(device, key, error_count, h, link, code)
+                    if value is not None:
+                        errors[counter] = value
             r.nvlinks.append(NvLink(link, active, errors))
         r.fan_ratio = q(device, "fan", nv.fan_ratio, h)
         r.performance_state = q(device, "pstate", nv.performance_state, h)
         r.mig_enabled = q(device, "mig_mode", nv.mig_enabled, h)
         if r.mig_enabled:
             r.mig = self._read_mig(nv, device)
+        if gpm:
+            self._read_profiles(nv, device, r)
         if self.processes_enabled:
             r.processes = q(device, "processes", nv.compute_processes, h, cache=False)
         return r
@@ -1033,20 +1214,187 @@ class NvmlSource:
         out = []
         slots = q(device, "mig_max_devices", nv.max_mig_devices, device.handle) or 0
         for slot in range(slots):
-            mh = q(device, f"mig_handle_{slot}", nv.mig_handle, device.handle, slot, cache=False)
+            keys = _mig_keys(slot)
+            mh = q(device, keys.handle, nv.mig_handle, device.handle, slot, cache=False)
             if mh is None:
                 continue  # an empty slot answers NotFound
-            gi = q(device, f"mig_gi_{slot}", nv.gpu_instance_id, mh, cache=False)
-            ci = q(device, f"mig_ci_{slot}", nv.compute_instance_id, mh, cache=False)
+            gi = q(device, keys.gi, nv.gpu_instance_id, mh, cache=False)
+            ci = q(device, keys.ci, nv.compute_instance_id, mh, cache=False)
             if gi is None or ci is None:
                 continue
-            mig_uuid = q(device, f"mig_uuid_{slot}", nv.uuid, mh, cache=False) or ""
-            name = q(device, f"mig_name_{slot}", nv.name, mh, cache=False) or ""
-            memory = q(device, f"mig_memory_{slot}", nv.memory, mh, cache=False)
-            util = q(device, f"mig_utilization_{slot}", nv.utilization, mh, cache=False)
+            mig_uuid = q(device, keys.uuid, nv.uuid, mh, cache=False) or ""
+            name = q(device, keys.name, nv.name, mh, cache=False) or ""
+            memory = q(device, keys.memory, nv.memory, mh, cache=False)
+            util = q(device, keys.utilization, nv.utilization, mh, cache=False)
             utilization = None if util is None else util[0]
             out.append(MigDevice(gi, ci, mig_uuid, name, memory, utilization))
         return out
+
+    # -- GPM ----------------------------------------------------------------------------
+    def _gpm_available(self, nv: Nvml, device: Device) -> bool:
+        """Whether the GPU has GPM; asked once per session. A GPU without it is logged once
+        per model and reason (at info: a normal state of pre-Hopper GPUs)."""
+        if device.gpm_supported is not None:
+            return device.gpm_supported
+        try:
+            supported = nv.gpm_supported(device.handle)
+            reason = "the GPU has no GPM (Hopper and later have it)"
+        except Exception as exc:
+            kind = classify(exc)
+            if kind in (ErrorKind.LOST, ErrorKind.GLOBAL, ErrorKind.ABSENT):
+                raise GpuLost(f"gpm_support: {_describe(exc)}") from exc
+            if not is_stable_unsupported(exc):  # passing: asked again next scrape
+                self._once.warning(
+                    (device.uuid, "gpm_support"),
+                    "NVML call failed; metric omitted",
+                    gpu=device.label,
+                    uuid=device.uuid,
+                    call="gpm_support",
+                    err=_describe(exc),
+                )
+                return False
+            supported = False
+            reason = f"the driver or nvidia-ml-py has no GPM ({error_name(exc)})"
+        device.gpm_supported = supported
+        if not supported:
+            self._once.info(
+                ("gpm", device.name, reason),
+                "GPU profiling metrics (GPM) not available; omitted",
+                gpu=device.label,
+                model=device.name,
+                reason=reason,
+                pcie_throughput="NVML's 20 ms sample"
+                if self.pcie_throughput
+                else "omitted (--collector.gpu.pcie-throughput reads NVML's 20 ms sample)",
+            )
+        return supported
+
+    def _read_profiles(self, nv: Nvml, device: Device, r: Reading) -> None:
+        """This scrape's GPM samples of the GPU and of each MIG GPU instance, and each one's
+        metrics since the previous scrape's sample (none at the first)."""
+        h = device.handle
+        r.profile = self._profile(nv, device, None, partial(nv.gpm_sample, h), GPM_METRICS)
+        if r.profile is not None:
+            r.pcie_transmit_bytes_per_second = r.profile.pcie_transmit_bytes_per_second
+            r.pcie_receive_bytes_per_second = r.profile.pcie_receive_bytes_per_second
+        instances = sorted({m.gpu_instance for m in r.mig})
+        for gi in instances:
+            sample = partial(nv.gpm_mig_sample, h, gi)
+            profile = self._profile(nv, device, gi, sample, MIG_GPM_METRICS)
+            if profile is not None:
+                r.mig_profiles[gi] = profile
+        for gone in set(device.gpm) - {None, *instances}:  # a GPU instance was destroyed
+            self._free_series(nv, device, device.gpm.pop(gone))
+
+    def _profile(
+        self,
+        nv: Nvml,
+        device: Device,
+        key: int | None,
+        sample: Callable[[Any], Any],
+        fields: dict[str, tuple[int, float]],
+    ) -> Profile | None:
+        """Sample one GPU (`key` None) or GPU instance into its spare buffer and compute the
+        metrics against the previous sample; the new sample becomes the previous one."""
+        series = device.gpm.get(key)
+        if series is None:
+            ids = tuple(metric_id for metric_id, _ in fields.values())
+            series = device.gpm[key] = GpmSeries(ids)
+        q = self._query
+        if series.spare is None:
+            series.spare = q(device, "gpm_alloc", nv.gpm_sample_alloc, cache=False)
+            if series.spare is None:
+                return None
+        call = "gpm_sample" if key is None else f"gpm_mig_sample_{key}"
+        # the GPU's own sample answers the same all session; a GPU instance may come and go
+        if q(device, call, sample, series.spare, cache=key is None) is None:
+            return None
+        earlier, series.previous, series.spare = series.previous, series.spare, series.previous
+        if earlier is None or not series.metric_ids:
+            return None  # the first sample: the next scrape has an interval
+        # a failed computation loses that one interval; the next has the samples it needs
+        ids, later = series.metric_ids, series.previous
+        got = q(device, "gpm_metrics", nv.gpm_metrics, earlier, later, ids, cache=False)
+        if got is None:
+            return None
+        values, errors = got
+        for metric_id, code in errors.items():
+            self._once.debug(
+                (device.uuid, "gpm_metric", key, metric_id),
+                "GPM metric not given by this GPU; omitted",
+                gpu=device.label,
+                uuid=device.uuid,
+                gpu_instance=key,
+                metric_id=metric_id,
+                err=code,
+            )
+            if code in STABLE_UNSUPPORTED:  # not asked again this session
+                series.metric_ids = tuple(i for i in series.metric_ids if i != metric_id)
+        return Profile(
+            *(
+                None if (value := values.get(metric_id)) is None else value * factor
+                for metric_id, factor in fields.values()
+            )
+        )
+
+    def _drop_gpm(self, nv: Nvml, device: Device) -> None:
+        """Free the GPU's GPM buffers (on its worker): the next sample starts afresh."""
+        while device.gpm:
+            self._free_series(nv, device, device.gpm.popitem()[1])
+
+    def _free_series(self, nv: Nvml, device: Device, series: GpmSeries) -> None:
+        for buffer in series.buffers():
+            try:
+                nv.gpm_sample_free(buffer)
+            except Exception as exc:
+                log.debug(
+                    "freeing a GPM sample failed",
+                    extra={"gpu": device.label, "err": _describe(exc)},
+                )
+        series.previous = series.spare = None
+
+
+# The memo keys of `_query` (device.skip, the once-logs) of calls made per clock, ECC type,
+# link or MIG slot, made once rather than formatted for each call of each scrape (3 % of
+# bench/bench_gpu.py's collection, in instructions under callgrind).
+_CLOCK_KEYS = tuple((clock, f"clock_{clock}") for clock in CLOCKS)
+_ECC_KEYS = tuple((kind, f"ecc_{kind}_aggregate", f"ecc_{kind}_volatile") for kind in ECC_TYPES)
+_RETIRED_KEYS = tuple((cause, f"retired_{cause}") for cause in RETIREMENT_CAUSES)
+
+
+class _MigKeys(NamedTuple):
+    handle: str
+    gi: str
+    ci: str
+    uuid: str
+    name: str
+    memory: str
+    utilization: str
+
+
+@functools.cache
+def _mig_keys(slot: int) -> _MigKeys:
+    return _MigKeys(*(f"mig_{call}_{slot}" for call in _MigKeys._fields))
+
+
+@functools.cache
+def _nvlink_calls(links: int) -> list[tuple[int, str, list[tuple[str, int, str]]]]:
+    """Per link: (link, memo key of its state call, [(counter, NVML counter, memo key)])."""
+    return [
+        (
+            link,
+            f"nvlink_state_{link}",
+            [(name, code, f"nvlink_{name}_{link}") for name, code in NVLINK_ERROR_COUNTERS.items()],
+        )
+        for link in range(links)
+    ]
+
+
+def _shutdown_quietly(nv: Nvml) -> None:
+    try:
+        nv.shutdown()
+    except Exception as exc:
+        log.debug("nvmlShutdown failed", extra={"err": _describe(exc)})
 
 
 def _put(into: dict[str, T], key: str, value: T | None) -> None:

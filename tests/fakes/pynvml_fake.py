@@ -18,6 +18,24 @@ Faults: per GPU `not_supported` (function names answering NotSupported), `errors
 (becomes lost after that many more calls: a GPU lost mid-scrape), `hang` (calls block until
 the event is set: a wedged driver); for the library `init_errors` (codes successive
 `nvmlInit` calls raise), `library_missing`; events through `xid()` and `event_error()`.
+
+GPM (GPU performance monitoring), as nvidia-ml-py exposes it: `nvmlGpmSampleAlloc` returns an
+opaque `c_nvmlGpmSample_t` buffer; `nvmlGpmSampleGet(device, sample)` and
+`nvmlGpmMigSampleGet(parent device, gpu instance id, sample)` read a GPU's (GPU instance's)
+cumulative counters into it; `nvmlGpmMetricsGet(c_nvmlGpmMetricsGet_t)` fills each requested
+`metrics[i]` with the average over the interval between `sample1` and `sample2` (percent, or
+MiB/s for PCIe and NVLink) and a per-metric `nvmlReturn` (NotSupported for a metric the device
+does not count); `nvmlGpmQueryDeviceSupport` answers `isSupportedDevice` 0 on a GPU without
+GPM (pre-Hopper: `FakeGpu.gpm_supported = False`), where the sample calls answer NotSupported.
+The counters integrate each GPU's `gpm` rates (metric id → value) over `gpm_clock` time, so a
+metric is the time-weighted mean of the rates over the interval; a GPU that is lost (or
+`reset_gpu()`) restarts its counters from zero, as a reset GPU does. Freeing a sample twice
+(or using a freed one) answers InvalidArgument, the documented return for an invalid sample
+("NVML_ERROR_INVALID_ARGUMENT if an invalid pointer is provided"); the real C library is not
+guaranteed to notice. The fake's own choices where nvml.h says nothing: InvalidArgument for
+`nvmlGpmSampleGet` on a MIG device handle, for `nvmlGpmMigSampleGet` outside MIG mode, for two
+samples of different devices or not in time order, and for an unknown metric id; NotFound for
+a GPU instance id that does not exist; MIG GPU instances count the SM and DRAM metrics only.
 """
 
 from __future__ import annotations
@@ -31,7 +49,7 @@ import types
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import pynvml as real
 
@@ -46,6 +64,39 @@ def nvml_error(code: int) -> Exception:
     return NVMLError(code)  # type: ignore[no-any-return]
 
 
+# GPM metric ids (pynvml.NVML_GPM_METRIC_*) the fake counts
+GPM_GRAPHICS = real.NVML_GPM_METRIC_GRAPHICS_UTIL
+GPM_SM = real.NVML_GPM_METRIC_SM_UTIL
+GPM_OCCUPANCY = real.NVML_GPM_METRIC_SM_OCCUPANCY
+GPM_TENSOR = real.NVML_GPM_METRIC_ANY_TENSOR_UTIL
+GPM_DRAM = real.NVML_GPM_METRIC_DRAM_BW_UTIL
+GPM_FP64 = real.NVML_GPM_METRIC_FP64_UTIL
+GPM_FP32 = real.NVML_GPM_METRIC_FP32_UTIL
+GPM_FP16 = real.NVML_GPM_METRIC_FP16_UTIL
+GPM_PCIE_TX = real.NVML_GPM_METRIC_PCIE_TX_PER_SEC
+GPM_PCIE_RX = real.NVML_GPM_METRIC_PCIE_RX_PER_SEC
+GPM_NVLINK_RX = real.NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC
+GPM_NVLINK_TX = real.NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC
+
+
+def _gpu_gpm() -> dict[int, float]:
+    """An H100 at work: percent, and MiB/s for PCIe (the same bytes as `pcie_kbps`) and NVLink."""
+    return {
+        GPM_GRAPHICS: 87.0,
+        GPM_SM: 62.0,
+        GPM_OCCUPANCY: 31.0,
+        GPM_TENSOR: 45.0,
+        GPM_DRAM: 38.0,
+        GPM_FP64: 0.5,
+        GPM_FP32: 12.0,
+        GPM_FP16: 3.0,
+        GPM_PCIE_TX: 1_500_000 / 1024,
+        GPM_PCIE_RX: 2_500_000 / 1024,
+        GPM_NVLINK_RX: 20_000.0,
+        GPM_NVLINK_TX: 18_000.0,
+    }
+
+
 @dataclass
 class FakeMig:
     """One MIG device (GPU instance + compute instance) of a FakeGpu."""
@@ -56,6 +107,7 @@ class FakeMig:
     name: str
     memory_total: int
     memory_used: int
+    gpm: dict[int, float] = field(default_factory=dict)  # the GPU instance's GPM rates
 
 
 @dataclass
@@ -107,6 +159,8 @@ class FakeGpu:
     mig_mode: int = 0
     mig: list[FakeMig | None] = field(default_factory=list)  # slots; None: empty
     processes: list[FakeProcess] = field(default_factory=list)
+    gpm_supported: bool = True  # Hopper and later
+    gpm: dict[int, float] = field(default_factory=_gpu_gpm)  # GPM metric id -> rate
     # faults
     not_supported: set[str] = field(default_factory=set)
     errors: dict[str, int] = field(default_factory=dict)
@@ -131,6 +185,15 @@ class FakeGpu:
                 name="NVIDIA H100 80GB HBM3 MIG 1g.10gb",
                 memory_total=10_200_547_328,
                 memory_used=1_000_000_000 * (i + 1),
+                gpm={
+                    GPM_SM: 10.0 * (i + 1),
+                    GPM_OCCUPANCY: 5.0 * (i + 1),
+                    GPM_TENSOR: 4.0 * (i + 1),
+                    GPM_DRAM: 3.0 * (i + 1),
+                    GPM_FP64: 0.0,
+                    GPM_FP32: 2.0 * (i + 1),
+                    GPM_FP16: 1.0,
+                },
             )
             if i < instances
             else None
@@ -166,6 +229,10 @@ class FakeNvml:
         self._mig_handle: dict[tuple[int, int], Any] = {}
         self._event_sets: dict[int, dict[int, int]] = {}  # set -> {gpu index: mask}
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.gpm_clock: Callable[[], float] = time.monotonic
+        self._gpm_samples: dict[int, _GpmSample | None] = {}  # allocated; None: not read yet
+        # (gpu index, gpu instance or None) -> (time, cumulative counters) at the last read
+        self._gpm_counters: dict[tuple[int, int | None], tuple[float, dict[int, float]]] = {}
         for gpu in gpus:
             self._gpu_handle[gpu.index] = self._new_handle(real.c_nvmlDevice_t, gpu)
         self.module = self._build_module()
@@ -185,6 +252,17 @@ class FakeNvml:
     def event_sets_open(self) -> int:
         with self._lock:
             return len(self._event_sets)
+
+    def gpm_samples_open(self) -> int:
+        """GPM sample buffers allocated and not freed."""
+        with self._lock:
+            return len(self._gpm_samples)
+
+    def reset_gpu(self, gpu_index: int) -> None:
+        """The GPU was reset: its GPM counters (and its GPU instances') start again from 0."""
+        with self._lock:
+            for key in [k for k in self._gpm_counters if k[0] == gpu_index]:
+                del self._gpm_counters[key]
 
     # -- plumbing ----------------------------------------------------------------------
     def _new_handle(self, ctype: Any, target: Any) -> Any:
@@ -543,6 +621,106 @@ class FakeNvml:
     def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[Any]:
         return self.nvmlDeviceGetComputeRunningProcesses_v3(handle)
 
+    # -- GPM -----------------------------------------------------------------------------
+    def nvmlGpmQueryDeviceSupport(self, device: Any) -> Any:
+        gpu, _ = self._device("nvmlGpmQueryDeviceSupport", device)
+        support = real.c_nvmlGpmSupport_t()
+        support.version = real.NVML_GPM_SUPPORT_VERSION
+        support.isSupportedDevice = 1 if gpu.gpm_supported else 0
+        return support
+
+    def nvmlGpmSampleAlloc(self) -> Any:
+        self._count("nvmlGpmSampleAlloc")
+        self._initialised()
+        buffer = ctypes.create_string_buffer(16)
+        sample = ctypes.cast(buffer, real.c_nvmlGpmSample_t)
+        with self._lock:
+            self._keep.append(buffer)  # never reused: a stale pointer stays invalid
+            self._gpm_samples[ctypes.addressof(buffer)] = None
+        return sample
+
+    def nvmlGpmSampleFree(self, gpmSample: Any) -> None:
+        self._count("nvmlGpmSampleFree")
+        self._initialised()
+        with self._lock:
+            if self._gpm_samples.pop(_address(gpmSample), _FREED) is _FREED:
+                raise nvml_error(real.NVML_ERROR_INVALID_ARGUMENT)
+
+    def _gpm_read(self, key: tuple[int, int | None], rates: dict[int, float], sample: Any) -> Any:
+        """Advance the counters of `key` by its rates to now and copy them into `sample`."""
+        address = _address(sample)
+        now = self.gpm_clock()
+        with self._lock:
+            if address not in self._gpm_samples:
+                raise nvml_error(real.NVML_ERROR_INVALID_ARGUMENT)
+            then, counters = self._gpm_counters.get(key, (now, {}))
+            elapsed = now - then
+            counters = {m: counters.get(m, 0.0) + rate * elapsed for m, rate in rates.items()}
+            self._gpm_counters[key] = (now, counters)
+            self._gpm_samples[address] = _GpmSample(key, now, counters)
+        return sample
+
+    def _gpm_device(self, name: str, device: Any) -> tuple[FakeGpu, FakeMig | None]:
+        try:
+            gpu, mig = self._device(name, device)
+        except NVMLError as exc:
+            if exc.value == real.NVML_ERROR_GPU_IS_LOST:  # type: ignore[attr-defined]
+                self.reset_gpu(self._resolve(device)[0].index)
+            raise
+        if not gpu.gpm_supported:
+            raise nvml_error(real.NVML_ERROR_NOT_SUPPORTED)
+        return gpu, mig
+
+    def nvmlGpmSampleGet(self, device: Any, gpmSample: Any) -> Any:
+        gpu, mig = self._gpm_device("nvmlGpmSampleGet", device)
+        if mig is not None:
+            raise nvml_error(real.NVML_ERROR_INVALID_ARGUMENT)
+        return self._gpm_read((gpu.index, None), gpu.gpm, gpmSample)
+
+    def nvmlGpmMigSampleGet(self, device: Any, gpuInstanceId: int, gpmSample: Any) -> Any:
+        gpu, mig = self._gpm_device("nvmlGpmMigSampleGet", device)
+        if mig is not None or not gpu.mig_mode:
+            raise nvml_error(real.NVML_ERROR_INVALID_ARGUMENT)
+        for instance in gpu.mig:
+            if instance is not None and instance.gpu_instance_id == gpuInstanceId:
+                return self._gpm_read((gpu.index, gpuInstanceId), instance.gpm, gpmSample)
+        raise nvml_error(real.NVML_ERROR_NOT_FOUND)
+
+    def nvmlGpmMetricsGet(self, metricsGet: Any) -> Any:
+        self._count("nvmlGpmMetricsGet")
+        self._initialised()
+        # numbers only: read and written past _PrintableStructure's per-field Python code
+        get, put = object.__getattribute__, object.__setattr__
+        if get(metricsGet, "version") != real.NVML_GPM_METRICS_GET_VERSION:
+            raise nvml_error(real.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+        count = get(metricsGet, "numMetrics")
+        with self._lock:
+            first = self._gpm_samples.get(_address(get(metricsGet, "sample1")))
+            second = self._gpm_samples.get(_address(get(metricsGet, "sample2")))
+        if (
+            first is None
+            or second is None
+            or first.key != second.key
+            or second.at <= first.at
+            or count > real.NVML_GPM_METRIC_MAX
+        ):
+            raise nvml_error(real.NVML_ERROR_INVALID_ARGUMENT)
+        elapsed = second.at - first.at
+        before, after = first.counters, second.counters
+        metrics = get(metricsGet, "metrics")
+        for slot in range(count):
+            metric = metrics[slot]
+            metric_id = get(metric, "metricId")
+            if metric_id in before and metric_id in after:
+                put(metric, "value", (after[metric_id] - before[metric_id]) / elapsed)
+                put(metric, "nvmlReturn", real.NVML_SUCCESS)
+            elif 0 < metric_id < real.NVML_GPM_METRIC_MAX:
+                put(metric, "value", 0.0)
+                put(metric, "nvmlReturn", real.NVML_ERROR_NOT_SUPPORTED)
+            else:
+                put(metric, "nvmlReturn", real.NVML_ERROR_INVALID_ARGUMENT)
+        return metricsGet
+
     # -- events --------------------------------------------------------------------------
     def nvmlEventSetCreate(self) -> Any:
         self._count("nvmlEventSetCreate")
@@ -605,6 +783,15 @@ class FakeNvml:
         with self._lock:
             if self._event_sets.pop(_address(eventSet), None) is None:
                 raise nvml_error(real.NVML_ERROR_INVALID_ARGUMENT)
+
+
+class _GpmSample(NamedTuple):
+    key: tuple[int, int | None]  # (gpu index, gpu instance or None)
+    at: float
+    counters: dict[int, float]
+
+
+_FREED = _GpmSample((-1, None), 0.0, {})  # marks "no such sample" in a dict lookup
 
 
 def _address(handle: Any) -> int:

@@ -43,6 +43,17 @@ NVLINK_COUNTERS = (
     ("ecc_data", 4),
 )
 Values = dict[tuple[str, frozenset[tuple[str, str]]], float]
+MIB = 1 << 20
+# The GPM activity metrics (percent in NVML, ratios here) and their NVML metric ids.
+GPM_RATIOS = {
+    "hpcobs_gpu_sm_active_ratio": pynvml.NVML_GPM_METRIC_SM_UTIL,
+    "hpcobs_gpu_sm_occupancy_ratio": pynvml.NVML_GPM_METRIC_SM_OCCUPANCY,
+    "hpcobs_gpu_tensor_active_ratio": pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL,
+    "hpcobs_gpu_dram_active_ratio": pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL,
+    "hpcobs_gpu_fp64_active_ratio": pynvml.NVML_GPM_METRIC_FP64_UTIL,
+    "hpcobs_gpu_fp32_active_ratio": pynvml.NVML_GPM_METRIC_FP32_UTIL,
+    "hpcobs_gpu_fp16_active_ratio": pynvml.NVML_GPM_METRIC_FP16_UTIL,
+}
 
 
 def scrape(collector: GpuCollector) -> Values:
@@ -101,7 +112,9 @@ def make_collector() -> Iterator[Callable[..., GpuCollector]]:
         max_jobs: int = 64,
         **source: Any,
     ) -> GpuCollector:
-        """A collector over an NvmlSource(**source) and a JobAttributor over `procfs`."""
+        """A collector over an NvmlSource(**source) and a JobAttributor over `procfs`; the
+        XID thread waits 50 ms at a time, so that close() ends it before the next test."""
+        source.setdefault("xid_wait_ms", 50)
         collector = GpuCollector(
             NvmlSource(**source),
             attributor=JobAttributor(procfs),
@@ -121,7 +134,12 @@ def test_eight_gpus_every_metric(install: Callable[..., FakeNvml], make_collecto
     gpus[4].nvlink_down = {3}
     gpus[6].clock_reasons = 0x1 | 0x800  # idle + an unknown bit
     fake = install(gpus)
-    values = scrape(make_collector(xid=False))
+    collector = make_collector(xid=False)
+    first = scrape(collector)  # GPM needs a previous sample: none of its metrics yet
+    assert not series(first, "hpcobs_gpu_sm_active_ratio")
+    assert not series(first, "hpcobs_gpu_pcie_transmit_bytes_per_second")
+    values = scrape(collector)
+    assert fake.calls["nvmlDeviceGetPcieThroughput"] == 0  # NVML's 20 ms sample: not by default
 
     assert one(values, "hpcobs_gpu_driver_info") == 1
     assert series(values, "hpcobs_gpu_driver_info", driver_version="550.54.15", cuda_version="12.4")
@@ -169,8 +187,21 @@ def test_eight_gpus_every_metric(install: Callable[..., FakeNvml], make_collecto
         assert one(values, "hpcobs_gpu_remapped_rows_pending", **lab) == 0
         assert one(values, "hpcobs_gpu_remapped_rows_failed", **lab) == 0
         assert one(values, "hpcobs_gpu_pcie_replay_total", **lab) == g.pcie_replay
-        assert one(values, "hpcobs_gpu_pcie_transmit_bytes_per_second", **lab) == 1_500_000 * 1024
-        assert one(values, "hpcobs_gpu_pcie_receive_bytes_per_second", **lab) == 2_500_000 * 1024
+        # GPM: MiB/s over the interval between the two scrapes (the fake's rates are constant)
+        assert one(values, "hpcobs_gpu_pcie_transmit_bytes_per_second", **lab) == pytest.approx(
+            g.gpm[pynvml.NVML_GPM_METRIC_PCIE_TX_PER_SEC] * MIB
+        )
+        assert one(values, "hpcobs_gpu_pcie_receive_bytes_per_second", **lab) == pytest.approx(
+            g.gpm[pynvml.NVML_GPM_METRIC_PCIE_RX_PER_SEC] * MIB
+        )
+        for metric, metric_id in GPM_RATIOS.items():
+            assert one(values, metric, **lab) == pytest.approx(g.gpm[metric_id] / 100)
+        assert one(values, "hpcobs_gpu_nvlink_transmit_bytes_per_second", **lab) == pytest.approx(
+            g.gpm[pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC] * MIB
+        )
+        assert one(values, "hpcobs_gpu_nvlink_receive_bytes_per_second", **lab) == pytest.approx(
+            g.gpm[pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC] * MIB
+        )
         links = series(values, "hpcobs_gpu_nvlink_state", **lab)
         assert len(links) == g.nvlinks
         for link in range(g.nvlinks):
@@ -206,10 +237,13 @@ def test_eight_gpus_every_metric(install: Callable[..., FakeNvml], make_collecto
 def test_exposition_parses_and_matches_declared_metrics(
     install: Callable[..., FakeNvml], make_collector: Any
 ) -> None:
-    install()
+    gpus = fleet(8)
+    gpus[7].enable_mig()
+    install(gpus)
     collector = make_collector()
     registry = CollectorRegistry()
     registry.register(collector)
+    generate_latest(registry)  # the first GPM sample
     text = generate_latest(registry).decode()
     declared = {m.name.removesuffix("_total"): m for m in gpu.METRICS}
     seen = set()
@@ -220,6 +254,7 @@ def test_exposition_parses_and_matches_declared_metrics(
             assert set(sample.labels) == set(metric.labels), sample
         seen.add(family.name)
     assert "hpcobs_gpu_xid_watcher" in seen or "hpcobs_gpu_xid_watcher_up" in seen
+    assert {"hpcobs_gpu_sm_active_ratio", "hpcobs_gpu_mig_sm_active_ratio"} <= seen
 
 
 def test_mig(install: Callable[..., FakeNvml], make_collector: Any) -> None:
@@ -255,13 +290,14 @@ def test_gpu_lost_mid_scrape(
     gpus = fleet(8)
     fake = install(gpus)
     collector = make_collector(xid=False)
+    scrape(collector)  # the first GPM sample
     healthy = scrape(collector)
     per_gpu = len([k for k in healthy if dict(k[1]).get("gpu") == "0"])
     gpus[3].lose_after = 6  # answers 6 more calls, then NVML_ERROR_GPU_IS_LOST
     with caplog.at_level(logging.WARNING, logger="hpcobs.gpu"):
         lost = scrape(collector)
         again = scrape(collector)
-    assert fake.gpu_calls[(3, "nvmlDeviceGetUtilizationRates")] == 3  # it was read, and retried
+    assert fake.gpu_calls[(3, "nvmlDeviceGetUtilizationRates")] == 4  # it was read, and retried
     for values in (lost, again):
         assert one(values, "hpcobs_gpu_up", **gpu_labels(gpus[3])) == 0
         assert [k for k in values if dict(k[1]).get("gpu") == "3"] == [
@@ -306,7 +342,8 @@ def test_not_supported_omits_metric_logs_once_and_is_not_repeated(
     }
     gpus[2].not_supported = set(unsupported)
     fake = install(gpus)
-    collector = make_collector(xid=False)
+    # NVML's own PCIe sample (as on GPUs without GPM): asked for, and then not supported
+    collector = make_collector(xid=False, gpm=False, pcie_throughput=True)
     with caplog.at_level(logging.DEBUG, logger="hpcobs.gpu"):
         first = scrape(collector)
         asked = {name: fake.gpu_calls[(2, name)] for name in unsupported}
@@ -539,6 +576,11 @@ def test_flags_reach_the_collector(tmp_path: Any) -> None:
     assert isinstance(defaults, GpuCollector)
     source = defaults.source
     assert source.xid_enabled and source.processes_enabled and source.timeout == 4.0
+    assert source.gpm_enabled is True and source.pcie_throughput is False
+    ns = parse_args(parser, ["--no-collector.gpu.gpm", "--collector.gpu.pcie-throughput"])
+    legacy = gpu.SPEC.factory(ns, Services(ns))
+    assert isinstance(legacy, GpuCollector)
+    assert legacy.source.gpm_enabled is False and legacy.source.pcie_throughput is True
     assert defaults.attributor.environ_fallback is True
     with pytest.raises(SystemExit):
         parse_args(parser, ["--collector.gpu.max-jobs=0"])
@@ -585,11 +627,24 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         raise AssertionError("condition not met in time")
 
 
-def xid_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "nvml-xid-events"]
+XidThreads = Callable[[], list[threading.Thread]]
 
 
-def test_xid_event_stream(install: Callable[..., FakeNvml], make_collector: Any) -> None:
+@pytest.fixture
+def xid_threads() -> XidThreads:
+    """The XID threads started during this test (an earlier test's may still be finishing its
+    last NVML wait: close() does not wait for it)."""
+    before = set(threading.enumerate())
+
+    def started() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "nvml-xid-events" and t not in before]
+
+    return started
+
+
+def test_xid_event_stream(
+    install: Callable[..., FakeNvml], make_collector: Any, xid_threads: XidThreads
+) -> None:
     gpus = fleet(8)
     gpus[6].enable_mig()
     fake = install(gpus)
@@ -647,8 +702,25 @@ def test_xid_registration_not_supported(
     assert collector.source.xid_counts() == {("2", gpus[2].uuid, 31): 1}
 
 
+def test_close_does_not_wait_for_a_long_xid_wait(
+    install: Callable[..., FakeNvml], make_collector: Any, xid_threads: XidThreads
+) -> None:
+    """nvmlEventSetWait cannot be interrupted: close() asks the thread to stop and returns;
+    the thread frees its event set and shuts NVML down once its wait ends."""
+    fake = install(fleet(2))
+    collector = make_collector(xid_wait_ms=1500)
+    scrape(collector)
+    scrape(collector)
+    wait_for(lambda: fake.calls["nvmlEventSetWait_v2"] >= 1)
+    started = time.monotonic()
+    collector.close()
+    assert time.monotonic() - started < 1.0
+    assert fake.gpm_samples_open() == 0  # freed before, on each GPU's worker
+    wait_for(lambda: xid_threads() == [] and fake.refcount == 0 and fake.event_sets_open() == 0)
+
+
 def test_no_xid_thread_when_no_gpu_supports_events(
-    install: Callable[..., FakeNvml], make_collector: Any
+    install: Callable[..., FakeNvml], make_collector: Any, xid_threads: XidThreads
 ) -> None:
     fake = install(fleet(2, not_supported={"nvmlDeviceRegisterEvents"}))
     values = scrape(make_collector())
@@ -656,7 +728,9 @@ def test_no_xid_thread_when_no_gpu_supports_events(
     assert xid_threads() == [] and fake.event_sets_open() == 0
 
 
-def test_xid_disabled(install: Callable[..., FakeNvml], make_collector: Any) -> None:
+def test_xid_disabled(
+    install: Callable[..., FakeNvml], make_collector: Any, xid_threads: XidThreads
+) -> None:
     fake = install(fleet(2))
     values = scrape(make_collector(xid=False))
     assert one(values, "hpcobs_gpu_xid_watcher_up") == 0
@@ -768,3 +842,37 @@ def test_served_over_http(install: Callable[..., FakeNvml], make_collector: Any)
     assert up == {str(i): (0.0 if i == 3 else 1.0) for i in range(8)}
     collector_up = {s.labels["collector"]: s.value for s in families["hpcobs_collector_up"].samples}
     assert collector_up == {"gpu": 1.0}
+
+
+# -- import cost -----------------------------------------------------------------------------
+
+IMPORTS = """
+import sys
+from hpcobs.exporters.collectors import discover
+from hpcobs.exporters.node import DEFAULT_LISTEN, PROGRAM
+from hpcobs.exporters.runtime.app import build_collectors, build_parser
+from hpcobs.exporters.runtime.cli import parse_args
+specs = discover()
+parser = build_parser(PROGRAM, "test", DEFAULT_LISTEN, specs, paths=True)
+args = parse_args(parser, ["--collector.disable-defaults", *sys.argv[1:]])
+for collector in build_collectors(args, specs):
+    collector.close()
+print("hpcobs.exporters.sources.nvml" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(
+    ("flags", "loaded"), [(["--collector.rdma"], "False"), (["--collector.gpu"], "True")]
+)
+def test_nvml_source_is_not_imported_without_the_gpu_collector(
+    flags: list[str], loaded: str
+) -> None:
+    """A daemon without the gpu collector reads gpu.py for its flags and metric docs, but does
+    not load the NVML source (~0.4 MiB of RSS)."""
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORTS, *flags], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == loaded

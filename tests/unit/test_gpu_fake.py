@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import ctypes
 import inspect
+import itertools
 import sys
+from typing import Any
 
 import pynvml
 import pytest
@@ -101,6 +103,97 @@ def test_return_types_are_the_real_ones() -> None:
     with pytest.raises(pynvml.NVMLError_Timeout):
         m.nvmlEventSetWait(es, 10)
     m.nvmlEventSetFree(es)
+
+
+def gpm_request(first: Any, second: Any, *metric_ids: int) -> Any:
+    """A c_nvmlGpmMetricsGet_t as the real binding's callers fill it."""
+    request = pynvml.c_nvmlGpmMetricsGet_t()
+    request.version = pynvml.NVML_GPM_METRICS_GET_VERSION
+    request.numMetrics = len(metric_ids)
+    request.sample1, request.sample2 = first, second
+    for slot, metric_id in enumerate(metric_ids):
+        request.metrics[slot].metricId = metric_id
+    return request
+
+
+def test_gpm_like_the_real_binding() -> None:
+    gpus = fleet(3)
+    gpus[1].gpm_supported = False  # e.g. an A100
+    gpus[2].enable_mig(instances=2)
+    fake = FakeNvml(gpus)
+    ticks = itertools.count(1)
+    fake.gpm_clock = lambda: float(next(ticks))  # each read of the counters a second later
+    m = fake.module
+    with pytest.raises(pynvml.NVMLError_Uninitialized):
+        m.nvmlGpmSampleAlloc()
+    m.nvmlInit()
+    h0, h1, h2 = (m.nvmlDeviceGetHandleByIndex(i) for i in range(3))
+    support = m.nvmlGpmQueryDeviceSupport(h0)
+    assert isinstance(support, pynvml.c_nvmlGpmSupport_t) and support.isSupportedDevice == 1
+    assert m.nvmlGpmQueryDeviceSupport(h1).isSupportedDevice == 0
+    a, b = m.nvmlGpmSampleAlloc(), m.nvmlGpmSampleAlloc()
+    assert isinstance(a, pynvml.c_nvmlGpmSample_t)
+    with pytest.raises(pynvml.NVMLError_NotSupported):  # pre-Hopper
+        m.nvmlGpmSampleGet(h1, a)
+    assert m.nvmlGpmSampleGet(h0, a) is a  # returns the buffer, as the binding does
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):  # b holds no sample yet
+        m.nvmlGpmMetricsGet(gpm_request(a, b, pynvml.NVML_GPM_METRIC_SM_UTIL))
+    m.nvmlGpmSampleGet(h0, b)
+    request = m.nvmlGpmMetricsGet(
+        gpm_request(
+            a, b, pynvml.NVML_GPM_METRIC_SM_UTIL, pynvml.NVML_GPM_METRIC_C2C_TOTAL_TX_PER_SEC
+        )
+    )
+    assert isinstance(request, pynvml.c_nvmlGpmMetricsGet_t)
+    sm, c2c = request.metrics[0], request.metrics[1]
+    assert sm.nvmlReturn == pynvml.NVML_SUCCESS and sm.value == pytest.approx(62.0)
+    assert c2c.nvmlReturn == pynvml.NVML_ERROR_NOT_SUPPORTED  # not counted by this GPU
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):  # not in time order
+        m.nvmlGpmMetricsGet(gpm_request(b, a, pynvml.NVML_GPM_METRIC_SM_UTIL))
+    wrong = gpm_request(a, b, pynvml.NVML_GPM_METRIC_SM_UTIL)
+    wrong.version = 2
+    with pytest.raises(pynvml.NVMLError_ArgumentVersionMismatch):
+        m.nvmlGpmMetricsGet(wrong)
+
+    # MIG: the parent GPU's handle and the GPU instance id
+    mig = m.nvmlDeviceGetMigDeviceHandleByIndex(h2, 0)
+    gi = m.nvmlDeviceGetGpuInstanceId(mig)
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        m.nvmlGpmMigSampleGet(mig, gi, a)
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):  # not a MIG GPU
+        m.nvmlGpmMigSampleGet(h0, gi, a)
+    with pytest.raises(pynvml.NVMLError_NotFound):
+        m.nvmlGpmMigSampleGet(h2, 99, a)
+    m.nvmlGpmMigSampleGet(h2, gi, a)
+    m.nvmlGpmMigSampleGet(h2, gi, b)
+    (metric,) = m.nvmlGpmMetricsGet(gpm_request(a, b, pynvml.NVML_GPM_METRIC_SM_UTIL)).metrics[:1]
+    assert metric.value == pytest.approx(10.0)
+    c = m.nvmlGpmSampleAlloc()
+    m.nvmlGpmSampleGet(h0, c)
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):  # samples of different devices
+        m.nvmlGpmMetricsGet(gpm_request(b, c, pynvml.NVML_GPM_METRIC_SM_UTIL))
+
+    # a sample freed twice, or used after it was freed: the documented InvalidArgument
+    assert fake.gpm_samples_open() == 3
+    m.nvmlGpmSampleFree(a)
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        m.nvmlGpmSampleFree(a)
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        m.nvmlGpmSampleGet(h0, a)
+    m.nvmlGpmSampleFree(b)
+    m.nvmlGpmSampleFree(c)
+    assert fake.gpm_samples_open() == 0
+
+    # a lost GPU answers GpuIsLost, and its counters restart from 0 when it is back
+    d, e = m.nvmlGpmSampleAlloc(), m.nvmlGpmSampleAlloc()
+    m.nvmlGpmSampleGet(h0, d)
+    gpus[0].lost = True
+    with pytest.raises(pynvml.NVMLError_GpuIsLost):
+        m.nvmlGpmSampleGet(h0, e)
+    gpus[0].lost = False
+    m.nvmlGpmSampleGet(h0, e)
+    (metric,) = m.nvmlGpmMetricsGet(gpm_request(d, e, pynvml.NVML_GPM_METRIC_SM_UTIL)).metrics[:1]
+    assert metric.value < 0  # what a reader that kept its sample across the loss would see
 
 
 def test_real_nvidia_ml_py_without_a_driver(monkeypatch: pytest.MonkeyPatch) -> None:
