@@ -13,6 +13,7 @@ from panels import (
     NODE,
     NODE_QUERY,
     PROBE,
+    SLURM,
     Target,
     dashboard,
     query,
@@ -92,6 +93,20 @@ def gpu_heatmap() -> heatmap.Panel:
     )
 
 
+def gpm_heatmap(metric: str, title: str, what: str) -> heatmap.Panel:
+    """A GPM activity ratio (NVML GPM: Hopper and later GPUs) per node over time."""
+    return node_heatmap(
+        title,
+        f"Mean {what} of each node's GPUs (one row per node), over each scrape interval, from "
+        "NVML GPM: Hopper and later GPUs only (rows of other nodes stay empty).",
+        query(f"avg by (node) ({metric}{{{NODE}}})", "{{node}}"),
+        unit="percentunit",
+        high_is_good=True,
+        maximum=1,
+        width=12,
+    )
+
+
 def fabric_heatmap(stat: str, title: str, what: str) -> heatmap.Panel:
     """hpcobs_mpi_node_latency_seconds{stat} per node over time, from the probe's runs."""
     return node_heatmap(
@@ -145,6 +160,39 @@ def checkpoint_panels(board: db.Dashboard) -> db.Dashboard:
     )
 
 
+def scheduler_event_panels(board: db.Dashboard) -> db.Dashboard:
+    """The scheduler's event stream (sdiag) and where pending time goes, by reason."""
+    board = board.with_panel(
+        ts_panel(
+            "Scheduler events (per minute)",
+            "Job events slurmctld counts (sdiag: submitted, started, completed, canceled, "
+            "failed) per minute; sdiag's counters reset daily, rate() absorbs the reset.",
+            [
+                query(
+                    "60 * sum by (cluster, event) (rate(hpcobs_slurm_scheduler_jobs_total{"
+                    f"{CLUSTER}}}{RATE}))",
+                    "{{cluster}} {{event}}",
+                )
+            ],
+        )
+    )
+    return board.with_panel(
+        ts_panel(
+            "Pending seconds by reason",
+            "Job-seconds spent pending per second, by Slurm's pending reason: the average "
+            "number of jobs waiting for each reason (Priority, Resources, Licenses, "
+            "Dependency, limits …).",
+            [
+                query(
+                    f"sum by (reason) (rate(hpcobs_slurm_pending_seconds_total{{{SLURM}}}{RATE}))",
+                    "{{reason}}",
+                )
+            ],
+            stacked=True,
+        )
+    )
+
+
 def build() -> db.Dashboard:
     op = (
         db.QueryVariable("op")
@@ -160,9 +208,9 @@ def build() -> db.Dashboard:
     board = dashboard(
         UID,
         "hpcobs / Debug",
-        "Per node and per job detail: GPU utilization, RDMA errors, Lustre per target, "
-        "per-job GPU/IO attribution and checkpoints, collective latency by size, fabric latency per node, "
-        "scheduler cycle times.",
+        "Per node and per job detail: GPU utilization and SM activity, RDMA errors, Lustre per "
+        "target, per-job GPU/IO attribution and checkpoints, collective latency by size, fabric "
+        "latency per node, scheduler cycle times.",
         time_from="now-3h",
         refresh="30s",
         node_query=NODE_QUERY,
@@ -170,6 +218,21 @@ def build() -> db.Dashboard:
     )
     board = board.with_row(db.Row("GPUs"))
     board = board.with_panel(gpu_heatmap())
+    board = board.with_panel(
+        gpm_heatmap(
+            "hpcobs_gpu_sm_active_ratio",
+            "SM activity per node",
+            "SM activity (the fraction of time the SMs had warps resident; utilization counts "
+            "a GPU busy while any kernel runs)",
+        )
+    )
+    board = board.with_panel(
+        gpm_heatmap(
+            "hpcobs_gpu_tensor_active_ratio",
+            "Tensor activity per node",
+            "tensor core activity (any tensor pipe)",
+        )
+    )
     board = board.with_row(db.Row("RDMA fabric"))
     board = board.with_panel(
         ts_panel(
@@ -261,7 +324,8 @@ def build() -> db.Dashboard:
         table_panel(
             "Per-job GPU and I/O attribution",
             "For each job with processes or GPUs on the selected nodes: GPUs held, their mean "
-            "utilization and memory, Lustre I/O, CPU and memory of its processes.",
+            "utilization and memory, Lustre I/O, CPU and memory of its processes, and its GPUs' "
+            "mean SM activity (Hopper and later).",
             [
                 query(
                     f"count by (job_id) (hpcobs_gpu_job_info{{{NODE}}})",
@@ -299,6 +363,12 @@ def build() -> db.Dashboard:
                     instant=True,
                     table_format=True,
                 ),
+                query(
+                    f"avg by (job_id) (hpcobs_gpu_job_info{{{NODE}}} * on (cluster, node, gpu, "
+                    f"uuid) group_left () hpcobs_gpu_sm_active_ratio{{{NODE}}})",
+                    instant=True,
+                    table_format=True,
+                ),
             ],
             hide=("Time",),
             rename={
@@ -310,6 +380,7 @@ def build() -> db.Dashboard:
                 "Value #E": "Lustre write B/s",
                 "Value #F": "CPU cores",
                 "Value #G": "memory",
+                "Value #H": "GPU SM activity",
             },
             width=24,
         )
@@ -380,4 +451,5 @@ def build() -> db.Dashboard:
             width=24,
         )
     )
+    board = scheduler_event_panels(board)
     return board

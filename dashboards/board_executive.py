@@ -1,4 +1,5 @@
-"""Executive: job success rate and SLO budget, GPU-hours used and lost, queue wait, cost."""
+"""Executive: job success rate and SLO budget, GPU-hours used and lost, queue wait, time to
+result and make-span, spend and cost."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ from panels import (
     thresholds,
     ts_panel,
 )
-from prices import Prices, cost_per_success_expr
+from prices import Prices, account_cost_expr, cost_per_success_expr, total_cost_expr
 
 UID = "hpcobs-executive"
 FINISHED = "hpcobs_slurm_jobs_finished_total"
 RESOURCE = "hpcobs_slurm_job_resource_seconds_total"
 WAIT = "hpcobs_slurm_job_queue_wait_seconds_bucket"
+TIME_TO_RESULT = "hpcobs_slurm_job_time_to_result_seconds_bucket"
+RUN = "hpcobs_slurm_job_run_seconds_bucket"
 # Job states whose resource-time counts as lost to the system (cause="system" by default).
 LOST_STATES = "node_fail|boot_fail"
 
@@ -40,10 +43,15 @@ def gpu_hours(window: str, states: str = "", by: str = "") -> str:
     return f'sum{group} (increase({RESOURCE}{{{SLURM}, resource="gpu"{state}}}[{window}])) / 3600'
 
 
-def wait_quantile(q: float, window: str) -> str:
+def wait_quantile(q: float, window: str, histogram: str = WAIT, matchers: str = "") -> str:
     return (
-        f"histogram_quantile({q}, sum by (partition, le) (increase({WAIT}{{{SLURM}}}[{window}])))"
+        f"histogram_quantile({q}, sum by (partition, le) "
+        f"(increase({histogram}{{{SLURM}{matchers}}}[{window}])))"
     )
+
+
+# Hours: 1 h orange, 1 day red (time to result and make-span are in hours to days).
+HOURS = thresholds((None, "green"), (3600, "orange"), (86400, "red"))
 
 
 def build(prices: Prices) -> db.Dashboard:
@@ -152,7 +160,74 @@ def build(prices: Prices) -> db.Dashboard:
             unit="s",
         )
     )
+    board = board.with_row(db.Row("Time to result"))
+    board = board.with_panel(
+        bar_panel(
+            "Time to result p50 / p95 per partition",
+            "Submit to end of the jobs that COMPLETED in the period (median and 95th "
+            "percentile, interpolated within histogram buckets): queue wait plus run time, "
+            "what a user waits for a result.",
+            [
+                query(
+                    wait_quantile(0.5, "$__range", TIME_TO_RESULT),
+                    "{{partition}} p50",
+                    instant=True,
+                ),
+                query(
+                    wait_quantile(0.95, "$__range", TIME_TO_RESULT),
+                    "{{partition}} p95",
+                    instant=True,
+                ),
+            ],
+            unit="s",
+            steps=HOURS,
+        )
+    )
+    board = board.with_panel(
+        bar_panel(
+            "Make-span p50 / p95 per partition",
+            "Run time (end − start) of the jobs that COMPLETED in the period (median and 95th "
+            "percentile, interpolated within histogram buckets).",
+            [
+                query(
+                    wait_quantile(0.5, "$__range", RUN, ', state="completed"'),
+                    "{{partition}} p50",
+                    instant=True,
+                ),
+                query(
+                    wait_quantile(0.95, "$__range", RUN, ', state="completed"'),
+                    "{{partition}} p95",
+                    instant=True,
+                ),
+            ],
+            unit="s",
+            steps=HOURS,
+        )
+    )
     board = board.with_row(db.Row("Cost"))
+    board = board.with_panel(
+        stat_panel(
+            "Total spend",
+            "Resource-hours of every job that finished in the period, failed ones included, "
+            "priced per partition (dashboards/prices.yaml).",
+            [query(total_cost_expr(prices, SLURM, "$__range"), "spend", instant=True)],
+            unit=prices.unit,
+            decimals=0,
+            height=8,
+        )
+    )
+    board = board.with_panel(
+        bar_panel(
+            "Spend by account (top 10)",
+            "The 10 accounts that spent most in the period. Accounts have no partition "
+            "(hpcobs_slurm_account_resource_seconds_total), so their resource-hours are priced "
+            "at the period's average price of each resource over all partitions: the accounts "
+            "add up to the total spend. Filtered by cluster only.",
+            [query(account_cost_expr(prices, CLUSTER, "$__range"), "{{account}}", instant=True)],
+            unit=prices.unit,
+            width=18,
+        )
+    )
     board = board.with_panel(
         stat_panel(
             "Cost per successful job",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.builders import table
+from grafana_foundation_sdk.models import dashboard as dm
 from panels import (
     CLUSTER,
     NODE,
@@ -24,6 +27,31 @@ from panels import (
 UID = "hpcobs-oncall"
 NODE_REASON = "hpcobs_slurm_node_reason_info"
 IMPORT_STATE = "hpcobs_lustre_client_import_state"
+FAILED_INFO = "hpcobs_slurm_job_failed_info"
+# The reservations with the MAINT flag (flags: Slurm's, sorted and comma-separated).
+MAINT_FLAG = 'flags=~"(.*,)?MAINT(,.*)?"'
+
+
+def failed_jobs_table() -> table.Panel:
+    """The latest failed jobs, one row each; the job id links to its log (`log_url`: the Slurm
+    exporter's --slurm.job-log-url filled in, kept as a hidden column for the link)."""
+    log_link = {"title": "Job log", "url": "${__data.fields.log_url}", "targetBlank": True}
+    return (
+        table_panel(
+            "Recent failed jobs",
+            "The latest jobs that ended FAILED, NODE_FAIL, TIMEOUT, OUT_OF_MEMORY or BOOT_FAIL "
+            "(hpcobs_slurm_job_failed_info: at most --slurm.failed-jobs.max of them, for "
+            "--slurm.failed-jobs.max-age). Click a job id for its log: the link is the Slurm "
+            "exporter's --slurm.job-log-url (docs/dashboards.md).",
+            [query(f"{FAILED_INFO}{{{SLURM}}} == 1", instant=True, table_format=True)],
+            hide=("Time", "__name__", "Value", "job", "instance"),
+            rename={"exit_code": "exit code"},
+            width=24,
+        )
+        .override_by_name("job_id", [dm.DynamicConfigValue(id_val="links", value=[log_link])])
+        .override_by_name("log_url", [dm.DynamicConfigValue(id_val="custom.hidden", value=True)])
+        .sort_by([cb.TableSortByFieldState().display_name("job_id").desc(True)])
+    )
 
 
 def build() -> db.Dashboard:
@@ -99,6 +127,44 @@ def build() -> db.Dashboard:
             width=18,
         )
     )
+    board = board.with_panel(
+        ts_panel(
+            "Pending jobs by reason",
+            "Pending jobs (array tasks) by Slurm's pending reason: Priority and Resources are "
+            "a busy cluster; Licenses, ReqNodeNotAvail, Reservation, Dependency or limits "
+            "(Assoc…, QOS…) are jobs held by something else.",
+            [
+                query(
+                    f"sum by (reason) (hpcobs_slurm_jobs_pending{{{SLURM}}})",
+                    "{{reason}}",
+                )
+            ],
+            stacked=True,
+            width=12,
+        )
+    )
+    board = board.with_panel(
+        ts_panel(
+            "Preemptions and requeues",
+            "Jobs that ended PREEMPTED (PreemptMode=CANCEL) and requeues (PreemptMode=REQUEUE, "
+            "node failures, scontrol requeue), per partition.",
+            [
+                query(
+                    "sum by (partition) (increase(hpcobs_slurm_jobs_finished_total{"
+                    f'{SLURM}, state="preempted"}}[$__rate_interval]))',
+                    "{{partition}} preempted",
+                ),
+                query(
+                    "sum by (partition) (increase(hpcobs_slurm_job_requeues_total{"
+                    f"{SLURM}}}[$__rate_interval]))",
+                    "{{partition}} requeued",
+                ),
+            ],
+            bars=True,
+            width=12,
+        )
+    )
+    board = board.with_panel(failed_jobs_table())
     board = board.with_row(db.Row("Nodes"))
     board = board.with_panel(
         stat_panel(
@@ -131,6 +197,57 @@ def build() -> db.Dashboard:
                 )
             ],
             hide=("Time", "__name__", "Value", "job", "instance"),
+            width=18,
+        )
+    )
+    board = board.with_panel(
+        stat_panel(
+            "Nodes in maintenance",
+            "Nodes in an active Slurm reservation with the MAINT flag: planned work. Their "
+            "node, GPU, RDMA, Lustre and exporter alerts are silent, and the partition page "
+            "does not count them as unavailable.",
+            [
+                query(
+                    f'count(hpcobs_slurm_node_maintenance{{{CLUSTER}, node=~"$node"}} == 1)'
+                    " or vector(0)",
+                    "nodes",
+                    instant=True,
+                )
+            ],
+            steps=thresholds((None, "green"), (1, "blue")),
+            decimals=0,
+            height=8,
+        )
+    )
+    board = board.with_panel(
+        table_panel(
+            "Maintenance reservations",
+            "Current and future Slurm reservations with the MAINT flag and their window "
+            "(scontrol show reservation).",
+            [
+                query(
+                    f"hpcobs_slurm_reservation_info{{{CLUSTER}, {MAINT_FLAG}}} == 1",
+                    instant=True,
+                    table_format=True,
+                ),
+                query(
+                    "1000 * hpcobs_slurm_reservation_start_timestamp_seconds{"
+                    f"{CLUSTER}}}"
+                    f" and on (cluster, reservation) hpcobs_slurm_reservation_info{{{MAINT_FLAG}}}",
+                    instant=True,
+                    table_format=True,
+                ),
+                query(
+                    "1000 * hpcobs_slurm_reservation_end_timestamp_seconds{"
+                    f"{CLUSTER}}}"
+                    f" and on (cluster, reservation) hpcobs_slurm_reservation_info{{{MAINT_FLAG}}}",
+                    instant=True,
+                    table_format=True,
+                ),
+            ],
+            unit="dateTimeAsIso",
+            hide=("Time", "__name__", "Value #A", "job", "instance"),
+            rename={"Value #B": "start", "Value #C": "end"},
             width=18,
         )
     )

@@ -13,6 +13,7 @@ RESOURCES = ("cpu", "gpu")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _PARTITION = re.compile(r"^[A-Za-z0-9_.:-]+$")
 RESOURCE_SECONDS = "hpcobs_slurm_job_resource_seconds_total"
+ACCOUNT_SECONDS = "hpcobs_slurm_account_resource_seconds_total"
 FINISHED = "hpcobs_slurm_jobs_finished_total"
 
 
@@ -82,8 +83,9 @@ def _regex_literal(name: str) -> str:
     return name.replace(".", "\\\\.")
 
 
-def cost_expr(prices: Prices, selector: str, window: str) -> str:
-    """PromQL: the cost of the jobs that finished in `window`, by partition.
+def cost_expr(prices: Prices, selector: str, window: str, by: str = "partition") -> str:
+    """PromQL: the cost of the jobs that finished in `window`, by partition (or `by` another
+    of the terms' labels: `resource`).
 
     One term per (partition, resource) with a price, plus one per resource for the partitions
     not listed (at the default price); terms keep `partition` and `resource`, so they never
@@ -108,7 +110,30 @@ def cost_expr(prices: Prices, selector: str, window: str) -> str:
             terms.append(term(exclude, resource, price))
     if not terms:
         return "vector(0)"
-    return "sum by (partition) (\n  " + "\n  or\n  ".join(terms) + "\n)"
+    return f"sum by ({by}) (\n  " + "\n  or\n  ".join(terms) + "\n)"
+
+
+def total_cost_expr(prices: Prices, selector: str, window: str) -> str:
+    """PromQL: the cost of every job that finished in `window` (0 when none did)."""
+    return f"sum({cost_expr(prices, selector, window)}) or vector(0)"
+
+
+def account_cost_expr(prices: Prices, selector: str, window: str, top: int = 10) -> str:
+    """PromQL: the cost of the jobs that finished in `window`, for the `top` accounts.
+
+    hpcobs_slurm_account_resource_seconds_total has no partition, so each account's
+    resource-seconds are priced at the period's average price of the resource over all
+    partitions (the cost of the resource / its resource-seconds): the accounts' costs add up
+    to the total cost. `selector` must not filter on partition (the account metric has none).
+    """
+    per_second = (
+        f"({cost_expr(prices, selector, window, by='resource')})\n"
+        f"/ (sum by (resource) (increase({RESOURCE_SECONDS}{{{selector}}}[{window}])) > 0)"
+    )
+    used = f"sum by (account, resource) (increase({ACCOUNT_SECONDS}{{{selector}}}[{window}]))"
+    return (
+        f"topk({top}, sum by (account) (\n{used}\n* on (resource) group_left ()\n({per_second})\n))"
+    )
 
 
 def cost_per_success_expr(prices: Prices, selector: str, window: str, by_partition: bool) -> str:

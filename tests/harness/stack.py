@@ -2,11 +2,13 @@
 
     single-node Slurm 22.05 (harness.slurm)
     hpcobs-node-exporter ×2 for node1: GPUs (fake pynvml at the import boundary), RDMA and
-        Lustre on the real-format fixture trees; per-job attribution on this machine's /proc
+        Lustre on the real-format fixture trees; per-job attribution on this machine's /proc;
+        the textfile directory where a job's hpcobs-checkpoint writes
     hpcobs-slurm-exporter on the cluster
     Pushgateway, with one hpcobs-mpi-probe run (mpirun -n 2) pushed to it
     Prometheus: every target, the rules `hpcobs-slo rules` generates, alerts/hpcobs-alerts.yml
-    Alertmanager with alerts/alertmanager.yml, its receivers pointed at a webhook receiver
+    Alertmanager with alerts/alertmanager.yml, its receivers pointed at a webhook receiver (the
+        incidents receiver at the SLO daemon's webhook)
     hpcobs-slo serve
 
 Every server binds 127.0.0.1 on a free port and writes under `workdir`; `stop()` stops all
@@ -59,11 +61,17 @@ def short_alert_rules(hold: str = "1s") -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def alertmanager_config(webhook: WebhookReceiver) -> dict[str, Any]:
-    """alerts/alertmanager.yml as shipped, receivers → the webhook, timings for a test."""
+def alertmanager_config(
+    webhook: WebhookReceiver, incidents_url: str | None = None
+) -> dict[str, Any]:
+    """alerts/alertmanager.yml as shipped, receivers → the webhook (the `incidents` receiver →
+    `incidents_url`, an SLO daemon's webhook, when given), timings for a test."""
     config: dict[str, Any] = yaml.safe_load((REPO / "alerts" / "alertmanager.yml").read_text())
     for receiver in config["receivers"]:
         for hook in receiver.get("webhook_configs", []):
+            if receiver["name"] == "incidents" and incidents_url is not None:
+                hook["url"] = incidents_url
+                continue
             path = hook["url"].rsplit("/", 1)[-1]
             hook["url"] = f"{webhook.url.rsplit('/', 1)[0]}/{path}"
     route = config["route"]
@@ -77,6 +85,9 @@ def alertmanager_config(webhook: WebhookReceiver) -> dict[str, Any]:
             shorten(sub.get("routes", []))
 
     shorten(route.get("routes", []))
+    # the example's planned-maintenance windows (a time of the month) must not mute a test run
+    for interval in config.get("time_intervals", []):
+        interval["time_intervals"] = [{"years": ["2000"]}]
     return config
 
 
@@ -100,12 +111,14 @@ class Suite:
         self.rules = workdir / "slo-rules.yml"
         self.alerts = workdir / "hpcobs-alerts.yml"
         self.gpu_processes = workdir / "gpu-processes"  # what the fake NVML reports
+        self.textfiles = workdir / "textfile"  # hpcobs-checkpoint writes, node_gpu reads
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> Suite:
         self.workdir.mkdir(parents=True, exist_ok=True)
         node_fixture_root(self.fixture_trees, self.node_root)
         self.gpu_jobs.mkdir(exist_ok=True)
+        self.textfiles.mkdir(exist_ok=True)
         subprocess.run(
             [str(BIN / "hpcobs-slo"), "rules", str(self.slo_spec), "-o", str(self.rules)],
             check=True,
@@ -116,14 +129,27 @@ class Suite:
 
         self.alerts.write_text(short_alert_rules())
 
+        daemons = self.workdir / "daemons"
+        daemons.mkdir(exist_ok=True)
+        # the SLO daemon's port goes into Prometheus' and Alertmanager's configs; Prometheus'
+        # URL into its flags (added before launch)
+        self.slo = ExporterProcess(
+            "hpcobs-slo",
+            [
+                f"--eval-interval={self.eval_interval}",
+                f"--incidents.state-file={self.workdir / 'incidents.json'}",
+                self.slo_spec,
+            ],
+            daemons,
+            command=[BIN / "hpcobs-slo", "serve"],
+        )
         self.webhook = WebhookReceiver()
         self.started.append(self.webhook)
         self.alertmanager = Alertmanager(
-            self.workdir / "alertmanager", alertmanager_config(self.webhook)
+            self.workdir / "alertmanager",
+            alertmanager_config(self.webhook, f"{self.slo.url}/alertmanager/webhook"),
         )
         self.pushgateway = Pushgateway(self.workdir / "pushgateway")
-        daemons = self.workdir / "daemons"
-        daemons.mkdir(exist_ok=True)
         # node1 in two processes: RDMA and Lustre on the fixture trees; GPUs (fake NVML at the
         # import boundary) and per-job attribution on this machine's /proc, where the jobs run
         self.node = ExporterProcess(
@@ -144,6 +170,8 @@ class Suite:
                 "--collector.gpu",
                 "--collector.jobs",
                 f"--collector.gpu.job-mapping-dir={self.gpu_jobs}",
+                "--collector.textfile",
+                f"--collector.textfile.directory={self.textfiles}",
             ],
             daemons,
             command=[
@@ -175,13 +203,6 @@ class Suite:
             daemon.launch()
             self.started.append(daemon)
 
-        # the SLO daemon's port goes into Prometheus' config; Prometheus' URL into its flags
-        self.slo = ExporterProcess(
-            "hpcobs-slo",
-            [f"--eval-interval={self.eval_interval}", self.slo_spec],
-            daemons,
-            command=[BIN / "hpcobs-slo", "serve"],
-        )
         self.prometheus = Prometheus(
             self.workdir / "prometheus",
             scrape_configs=self._scrape_configs(),
@@ -247,12 +268,19 @@ class Suite:
     def submit_workload(
         self, completing: int = 4, long_running: int = 2
     ) -> tuple[list[int], list[int]]:
-        """Jobs that complete (good events), then long jobs that keep node1 busy; waits until
-        the exporter has counted the completed ones and sees the running ones."""
+        """Jobs that complete (good events), then long jobs that keep node1 busy, the first of
+        them after a checkpoint (hpcobs-checkpoint into the textfile directory); waits until the
+        exporter has counted the completed ones and sees the running ones and the checkpoint."""
         done = [self.slurm.sbatch("true", "--partition=debug") for _ in range(completing)]
+        checkpoint = (
+            f"{BIN / 'hpcobs-checkpoint'} run --name e2e --textfile.directory {self.textfiles}"
+            " -- sleep 1; "
+        )
         running = [
-            self.slurm.sbatch("sleep 600", "--no-requeue", "--partition=debug")
-            for _ in range(long_running)
+            self.slurm.sbatch(
+                f"{checkpoint if i == 0 else ''}sleep 600", "--no-requeue", "--partition=debug"
+            )
+            for i in range(long_running)
         ]
         for job in done:
             self.slurm.wait_job_state(job, {"COMPLETED"}, timeout=60)
@@ -266,6 +294,11 @@ class Suite:
         self.prometheus.wait_for(
             f'sum(hpcobs_slurm_jobs{{state="running"}}) == {long_running}', timeout=60
         )
+        if running:
+            self.prometheus.wait_for(
+                f'hpcobs_checkpoints_total{{job_id="{running[0]}",result="success"}} == 1',
+                timeout=60,
+            )
         return done, running
 
     def fail_node(self, running: list[int]) -> None:

@@ -1,8 +1,9 @@
 """alerts/alertmanager.yml in a real Alertmanager: inhibitions, grouping and delivery.
 
-The example config is loaded as shipped; only the two webhook URLs (pointed at a local
-recorder) and the group timers (so the test takes seconds) are changed. Alerts are posted
-through the API, as Prometheus would.
+The example config is loaded as shipped; only the webhook URLs (pointed at a local recorder,
+one path per receiver) and the group timers (so the test takes seconds) are changed. Alerts
+are posted through the API, as Prometheus would. Every alert that is not inhibited also
+reaches the `incidents` receiver (the SLO daemon's webhook), besides its own.
 """
 
 from __future__ import annotations
@@ -69,7 +70,14 @@ def am_config(receiver: WebhookReceiver) -> dict[str, Any]:
         for hook in rcv["webhook_configs"]:
             hook["url"] = f"{base}/{rcv['name']}"
     doc["route"].update(group_wait="1s", group_interval="1s", repeat_interval="1h")
+    # the example's planned-maintenance windows (a time of the month) must not mute a test run
+    planned_windows(doc, [{"years": ["2000"]}])
     return doc
+
+
+def planned_windows(doc: dict[str, Any], windows: list[dict[str, Any]]) -> None:
+    (planned,) = [t for t in doc["time_intervals"] if t["name"] == "planned-maintenance"]
+    planned["time_intervals"] = windows
 
 
 def post(am: Alertmanager, label_sets: list[dict[str, str]]) -> None:
@@ -105,6 +113,15 @@ def wait_for_alerts(am: Alertmanager, count: int, timeout: float = 15.0) -> list
         time.sleep(0.1)
 
 
+def receiver_groups(am: Alertmanager, receiver: str | None = None) -> list[dict[str, Any]]:
+    """Alertmanager's alert groups of `receiver`, or of every receiver but `incidents` (which
+    groups every alert a second time)."""
+    groups: list[dict[str, Any]] = json.loads(am.get("/api/v2/alerts/groups"))
+    if receiver is None:
+        return [g for g in groups if g["receiver"]["name"] != "incidents"]
+    return [g for g in groups if g["receiver"]["name"] == receiver]
+
+
 def test_inhibitions_grouping_and_delivery(
     alertmanager_factory: AlertmanagerFactory, webhook_receiver: WebhookReceiver
 ) -> None:
@@ -131,24 +148,31 @@ def test_inhibitions_grouping_and_delivery(
         status = alerts[key(labels)]["status"]
         assert status["state"] == "active" and not status["inhibitedBy"], (labels, status)
 
-    # Every alert that is not inhibited reaches the receiver of its severity.
+    # Every alert that is not inhibited reaches the receiver of its severity, and incidents.
     expected = {key(x): x["severity"] for x in SOURCES + NOT_INHIBITED}
     deadline = time.monotonic() + 20
     delivered: dict[tuple[tuple[str, str], ...], str] = {}
-    while set(delivered) < set(expected) and time.monotonic() < deadline:
+    to_incidents: set[tuple[tuple[str, str], ...]] = set()
+    while (
+        set(delivered) < set(expected) or to_incidents < set(expected)
+    ) and time.monotonic() < deadline:
         time.sleep(0.2)
         paths, payloads = list(webhook_receiver.paths), list(webhook_receiver.payloads)
         for path, payload in zip(paths, payloads, strict=False):
             for alert in payload.get("alerts", []):
-                delivered[key(alert["labels"])] = path.strip("/")
+                if path.strip("/") == "incidents":
+                    to_incidents.add(key(alert["labels"]))
+                else:
+                    delivered[key(alert["labels"])] = path.strip("/")
     assert set(delivered) >= set(expected), f"not delivered: {set(expected) - set(delivered)}"
+    assert to_incidents == set(expected), to_incidents ^ set(expected)
     for k, severity in expected.items():
         assert delivered[k] == {"page": "oncall", "ticket": "ticket"}[severity], (k, delivered[k])
     leaked = [dict(k) for k in delivered if k in {key(x) for x in INHIBITED}]
     assert not leaked, f"inhibited alerts were delivered: {leaked}"
 
     # Grouping: per cluster/alertname/partition, and per job for job alerts.
-    groups = json.loads(am.get("/api/v2/alerts/groups"))
+    groups = receiver_groups(am)
     by_alertname: dict[str, list[dict[str, Any]]] = {}
     for group in groups:
         by_alertname.setdefault(group["labels"].get("alertname", ""), []).append(group)
@@ -179,11 +203,16 @@ def test_route_cases_in_a_real_alertmanager(
     post(am, [{k: str(v) for k, v in case["labels"].items()} for case in CASES])
     deadline = time.monotonic() + 20
     while True:
-        groups = json.loads(am.get("/api/v2/alerts/groups"))
+        groups = receiver_groups(am)
         found = {key(a["labels"]): g for g in groups for a in g["alerts"]}
-        if len(found) >= len(CASES) or time.monotonic() > deadline:
+        incidents = receiver_groups(am, "incidents")
+        to_incidents = {key(a["labels"]) for g in incidents for a in g["alerts"]}
+        if len(found) >= len(CASES) and len(to_incidents) >= len(CASES):
+            break
+        if time.monotonic() > deadline:
             break
         time.sleep(0.2)
+    assert to_incidents == {key({k: str(v) for k, v in c["labels"].items()}) for c in CASES}
     for case in CASES:
         labels = {k: str(v) for k, v in case["labels"].items()}
         group = found.get(key(labels))
@@ -191,3 +220,73 @@ def test_route_cases_in_a_real_alertmanager(
         assert group["receiver"]["name"] == case["receiver"], case["name"]
         want = {k: labels[k] for k in case["group_by"] if k in labels}
         assert group["labels"] == want, (case["name"], group["labels"])
+
+
+MUTED_IN_WINDOWS = [
+    {"alertname": "HpcobsGPULost", "severity": "ticket", "component": "gpu", "cluster": "c1",
+     "node": "n7", "gpu": "0"},
+    {"alertname": "HpcobsPartitionNodesUnavailable", "severity": "page", "component": "node",
+     "cluster": "c1", "partition": "gpu"},
+]  # fmt: skip
+NOT_MUTED_IN_WINDOWS = [
+    {"alertname": "HpcobsSlurmctldUnreachable", "severity": "page", "component": "slurm",
+     "cluster": "c1"},
+    # another cluster: slurmctld unreachable inhibits its own cluster's queue alerts
+    {"alertname": "HpcobsSlurmLicenseStarved", "severity": "ticket", "component": "queue",
+     "cluster": "c2", "license": "matlab"},
+]  # fmt: skip
+
+
+def deliveries(receiver: WebhookReceiver) -> dict[tuple[tuple[str, str], ...], set[str]]:
+    """Alert label set → the receivers (webhook paths) it was delivered to."""
+    out: dict[tuple[tuple[str, str], ...], set[str]] = {}
+    paths, payloads = list(receiver.paths), list(receiver.payloads)
+    for path, payload in zip(paths, payloads, strict=False):
+        for alert in payload.get("alerts", []):
+            out.setdefault(key(alert["labels"]), set()).add(path.strip("/"))
+    return out
+
+
+def wait_delivered(
+    receiver: WebhookReceiver, label_sets: list[dict[str, str]], timeout: float = 20.0
+) -> dict[tuple[tuple[str, str], ...], set[str]]:
+    want = {key(x) for x in label_sets}
+    deadline = time.monotonic() + timeout
+    while True:
+        got = deliveries(receiver)
+        done = {k for k, paths in got.items() if paths - {"incidents"}}
+        if want <= done or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
+
+
+def test_planned_maintenance_window_mutes_node_level_alerts(
+    alertmanager_factory: AlertmanagerFactory, webhook_receiver: WebhookReceiver
+) -> None:
+    """Inside a `planned-maintenance` window (here: today and tomorrow, UTC) node and hardware
+    alerts are routed as usual but not sent to on-call or ticket; Slurm and queue alerts are."""
+    doc = am_config(webhook_receiver)
+    today = dt.datetime.now(dt.UTC)
+    days = [(today + dt.timedelta(days=d)).strftime("%A").lower() for d in (0, 1)]
+    planned_windows(doc, [{"weekdays": days, "location": "UTC"}])
+    am = alertmanager_factory(doc)
+    post(am, MUTED_IN_WINDOWS + NOT_MUTED_IN_WINDOWS)
+    got = wait_delivered(webhook_receiver, NOT_MUTED_IN_WINDOWS)
+    for labels in NOT_MUTED_IN_WINDOWS:
+        want = {"page": "oncall", "ticket": "ticket"}[labels["severity"]]
+        assert want in got.get(key(labels), set()), (labels, got)
+    # A later alert's delivery shows that the muted alerts' groups (same group_wait, posted
+    # earlier) have been flushed by now.
+    later = {**NOT_MUTED_IN_WINDOWS[1], "license": "ansys"}
+    post(am, [later])
+    got = wait_delivered(webhook_receiver, [later])
+    assert "ticket" in got.get(key(later), set()), got
+    for labels in MUTED_IN_WINDOWS:
+        assert got.get(key(labels), set()) <= {"incidents"}, (labels, got)
+    # They are routed as usual, to their own receivers: muted, not dropped.
+    routed = {
+        key(a["labels"]): g["receiver"]["name"] for g in receiver_groups(am) for a in g["alerts"]
+    }
+    for labels in MUTED_IN_WINDOWS:
+        want = {"page": "oncall", "ticket": "ticket"}[labels["severity"]]
+        assert routed.get(key(labels)) == want, (labels, routed)

@@ -72,6 +72,10 @@ WITHOUT_DATA_HERE = {
     # link flaps are counted on RoCE/IPoIB netdevs; the fixture HCAs have none
     # (tests/real/test_rdma_netns.py counts them on a real veth pair)
     "hpcobs_rdma_netdev_link_flaps_total": "needs a netdev",
+    # a MAINT reservation and a job held pending: tests/real/test_e2e_maintenance.py makes both
+    # and checks these panels there
+    "hpcobs_slurm_reservation_": "needs a MAINT reservation",
+    "hpcobs_slurm_jobs_pending": "needs a pending job",
 }
 
 

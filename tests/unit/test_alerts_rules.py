@@ -43,6 +43,9 @@ REQUIRED = {
     "probe regression": "HpcobsProbeRegression",
     "probe stale": "HpcobsProbeStale",
     "exporter down": "HpcobsExporterDown",
+    # issue 17
+    "licence starved": "HpcobsSlurmLicenseStarved",
+    "preemption on a non-preemptible partition": "HpcobsSlurmPreemptionRateHigh",
 }
 RUNBOOK_SECTIONS = ("## What it means", "## What to check", "## What to do")
 
@@ -167,3 +170,45 @@ def test_inhibition_labels_are_on_the_alerts() -> None:
             aggregated = re.findall(r"\bby \(([^)]*)\)", expr)
             for group in aggregated:
                 assert "node" in group, f"{name}: aggregation drops the node label"
+
+
+# Components whose alerts are about one node (or, for the probe, the nodes of its last run):
+# silent while the node is in a Slurm MAINT reservation (issue 17).
+MAINTENANCE_SILENCED = {"node", "gpu", "rdma", "lustre", "probe", "exporter"}
+MAINTENANCE = "hpcobs_slurm_node_maintenance == 1"
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [r for r in alert_rules() if r["labels"]["component"] in MAINTENANCE_SILENCED],
+    ids=lambda r: r["alert"],
+)
+def test_node_level_alerts_are_silent_in_maintenance(rule: dict[str, Any]) -> None:
+    """Every node-level alert joins the maintenance gauge: per node (`unless on (cluster,
+    node)`), per partition for the probe (the nodes of its last run), and the partition page
+    takes the down nodes under maintenance off its count. alerts/tests/maintenance-test.yml
+    shows each of them silent for a node in maintenance and firing for another."""
+    expr = " ".join(rule["expr"].split())
+    if rule["alert"] == "HpcobsPartitionNodesUnavailable":
+        assert f"and on (cluster, node) {MAINTENANCE}" in expr, expr
+    elif rule["labels"]["component"] == "probe":
+        assert "unless on (cluster, partition)" in expr and MAINTENANCE in expr, expr
+    else:
+        assert expr.endswith(f"unless on (cluster, node) {MAINTENANCE}"), expr
+
+
+def test_every_maintenance_silenced_alert_has_a_maintenance_test() -> None:
+    doc = yaml.safe_load((ALERTS / "tests" / "maintenance-test.yml").read_text())
+    firing = {
+        check["alertname"]
+        for case in doc["tests"]
+        for check in case.get("alert_rule_test", [])
+        if check.get("exp_alerts")
+        and any(
+            "hpcobs_slurm_node_maintenance" in s["series"] for s in case.get("input_series", [])
+        )
+    }
+    silenced = {
+        r["alert"] for r in alert_rules() if r["labels"]["component"] in MAINTENANCE_SILENCED
+    }
+    assert silenced <= firing, f"no maintenance test for {sorted(silenced - firing)}"

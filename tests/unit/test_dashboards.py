@@ -27,7 +27,13 @@ sys.path.insert(0, str(DASHBOARDS))
 
 import generate  # noqa: E402
 from panels import to_json  # noqa: E402
-from prices import PriceError, cost_per_success_expr, parse_prices  # noqa: E402
+from prices import (  # noqa: E402
+    PriceError,
+    account_cost_expr,
+    cost_per_success_expr,
+    parse_prices,
+    total_cost_expr,
+)
 
 UIDS = {
     "hpcobs-executive.json": "hpcobs-executive",
@@ -44,6 +50,11 @@ REQUIRED_PANELS = {
         "Queue wait p50 / p95 per partition",
         "Cost per successful job",
         "Cost per successful job by partition",
+        # issue 17
+        "Total spend",
+        "Spend by account (top 10)",
+        "Time to result p50 / p95 per partition",
+        "Make-span p50 / p95 per partition",
     ],
     "hpcobs-oncall.json": [
         "Firing SLO alerts",
@@ -55,6 +66,11 @@ REQUIRED_PANELS = {
         "Link flaps in the period",
         "Lustre targets not FULL",
         "Latest probe verdict",
+        # issue 17
+        "Pending jobs by reason",
+        "Recent failed jobs",
+        "Preemptions and requeues",
+        "Nodes in maintenance",
     ],
     "hpcobs-debug.json": [
         "GPU utilization per node",
@@ -64,6 +80,9 @@ REQUIRED_PANELS = {
         "Per-job GPU and I/O attribution",
         "Collective latency by size (p50)",
         "Scheduler cycle times",
+        # issue 17
+        "Scheduler events (per minute)",
+        "Pending seconds by reason",
     ],
 }
 # What Grafana substitutes for the variables when every option is selected, and a range.
@@ -337,6 +356,112 @@ def test_cost_per_successful_job_evaluates_to_the_hand_computed_value(tmp_path: 
         timeout=60,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_spend_total_and_by_account_evaluate_to_the_hand_computed_values(tmp_path: Path) -> None:
+    """Over the last hour, with the price table above:
+
+    by partition: gpu 10 GPU-h x 2.40 = 24 (its 100 core-h cost 0); cpu 200 core-h x 0.015
+    = 3; other 2 GPU-h x 1.80 + 50 core-h x 0.02 = 4.6: total 31.6.
+    Per resource over all partitions: GPU 27.6 for 12 GPU-h = 2.30 per GPU-hour, CPU 4.0 for
+    350 core-h. Accounts (no partition) are priced at those averages:
+      chem: 6 GPU-h x 2.30 +  50 core-h x 4/350 = 13.8 + 0.5714 = 14.3714
+      phys: 6 GPU-h x 2.30 + 300 core-h x 4/350 = 13.8 + 3.4286 = 17.2286
+    which add up to the total (31.6). Top 1: phys.
+    """
+    prices = parse_prices(PRICES)
+    sel = 'cluster=~".*", partition=~".*"'
+    total = total_cost_expr(prices, sel, "1h")
+    by_account = account_cost_expr(prices, 'cluster=~".*"', "1h")
+    top1 = account_cost_expr(prices, 'cluster=~".*"', "1h", top=1)
+
+    def seconds_per_min(hours: float) -> str:  # a counter growing linearly over the hour
+        return f"0+{hours * 3600 / 60:g}x60"
+
+    resource = "hpcobs_slurm_job_resource_seconds_total"
+    account = "hpcobs_slurm_account_resource_seconds_total"
+    series = [
+        (f'{resource}{{cluster="c",partition="gpu",state="completed",resource="gpu"}}', 8),
+        (f'{resource}{{cluster="c",partition="gpu",state="failed",resource="gpu"}}', 2),
+        (f'{resource}{{cluster="c",partition="gpu",state="completed",resource="cpu"}}', 100),
+        (f'{resource}{{cluster="c",partition="cpu",state="completed",resource="cpu"}}', 200),
+        (f'{resource}{{cluster="c",partition="other",state="completed",resource="gpu"}}', 2),
+        (f'{resource}{{cluster="c",partition="other",state="completed",resource="cpu"}}', 50),
+        (f'{account}{{cluster="c",account="chem",state="completed",resource="gpu"}}', 4),
+        (f'{account}{{cluster="c",account="chem",state="failed",resource="gpu"}}', 2),
+        (f'{account}{{cluster="c",account="chem",state="completed",resource="cpu"}}', 50),
+        (f'{account}{{cluster="c",account="phys",state="completed",resource="gpu"}}', 6),
+        (f'{account}{{cluster="c",account="phys",state="completed",resource="cpu"}}', 300),
+    ]
+    test = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": s, "values": seconds_per_min(h)} for s, h in series],
+                "promql_expr_test": [
+                    {
+                        "expr": f"round({total}, 0.0001)",
+                        "eval_time": "60m",
+                        "exp_samples": [{"labels": "{}", "value": 31.6}],
+                    },
+                    {
+                        "expr": f"round({by_account}, 0.0001)",
+                        "eval_time": "60m",
+                        "exp_samples": [
+                            {"labels": '{account="chem"}', "value": 14.3714},
+                            {"labels": '{account="phys"}', "value": 17.2286},
+                        ],
+                    },
+                    {
+                        "expr": f"round({top1}, 0.0001)",
+                        "eval_time": "60m",
+                        "exp_samples": [{"labels": '{account="phys"}', "value": 17.2286}],
+                    },
+                    {
+                        "expr": f"round(sum({by_account}), 0.0001)",
+                        "eval_time": "60m",
+                        "exp_samples": [{"labels": "{}", "value": 31.6}],
+                    },
+                    # no job finished: the total is 0, not empty
+                    {
+                        "expr": total,
+                        "eval_time": "200m",
+                        "exp_samples": [{"labels": "{}", "value": 0}],
+                    },
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "spend-test.yml"
+    path.write_text(yaml.safe_dump(test, sort_keys=False))
+    proc = subprocess.run(
+        [find_binary("promtool"), "test", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_failed_jobs_link_to_their_log() -> None:
+    """The job id cell links to the exporter's filled-in --slurm.job-log-url (`log_url`),
+    which stays in the frame (hidden, not removed) so the link can use it."""
+    (panel,) = [
+        p for p in panels(committed()["hpcobs-oncall.json"]) if p["title"] == "Recent failed jobs"
+    ]
+    assert "hpcobs_slurm_job_failed_info" in panel["targets"][0]["expr"]
+    overrides = {
+        o["matcher"]["options"]: o["properties"] for o in panel["fieldConfig"]["overrides"]
+    }
+    (links,) = [p["value"] for p in overrides["job_id"] if p["id"] == "links"]
+    assert [link["url"] for link in links] == ["${__data.fields.log_url}"]
+    assert {"id": "custom.hidden", "value": True} in overrides["log_url"]
+    excluded = [
+        t["options"]["excludeByName"] for t in panel["transformations"] if t["id"] == "organize"
+    ]
+    assert all("log_url" not in e for e in excluded)
 
 
 def test_committed_price_table_parses_and_is_used() -> None:
