@@ -19,7 +19,7 @@
 #   tests/real/test_slurm_exporter.py  exactly-once outcomes across exporter restarts (squeue
 #                                      and the jobcomp tail), queue/partition/node/licence/sdiag
 #                                      metrics against squeue/sinfo/sdiag, slurmctld down
-#   tests/real/test_slurm_slis.py      requeues once, preemption, MAINT reservations, licence
+#   tests/real/test_slurm_slis_real.py      requeues once, preemption, MAINT reservations, licence
 #                                      wait, failed jobs, histograms against jobcomp, odd names
 # Left out: test_jobs_slurm.py and test_probe_slurm.py (their jobs run programs from the host's
 # .venv and Open MPI, which the chroot does not have) and test_e2e.py (run.py's e2e rows run it
@@ -60,7 +60,7 @@ if [[ -z $version ]]; then
 fi
 echo "version: $version"
 
-read -r -a tests <<<"${HPCOBS_COMPAT_SLURM_TESTS:-tests/real/test_slurm_harness.py tests/real/test_slurm_exporter.py tests/real/test_slurm_slis.py}"
+read -r -a tests <<<"${HPCOBS_COMPAT_SLURM_TESTS:-tests/real/test_slurm_harness.py tests/real/test_slurm_exporter.py tests/real/test_slurm_slis_real.py}"
 # Under /tmp: the chroots see the host's /tmp at the same path.
 work=$(mktemp -d "/tmp/hpcobs-compat-slurm-$suite-XXXXXX")
 started=$SECONDS
