@@ -8,8 +8,12 @@ PY    := $(VENV)/bin/python
 bootstrap:
 	@scripts/bootstrap.sh
 
+# Two pytest-xdist workers: the real tests one after another on one of them (tests/conftest.py),
+# the unit tests spread over both. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+
 test: bootstrap
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-unit: bootstrap
 	$(PY) -m pytest tests -m unit $(PYTEST_ARGS)

@@ -38,6 +38,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError(
             "every test needs exactly one of the markers 'unit' or 'real': " + ", ".join(bad[:10])
         )
+    # `make test` runs on two pytest-xdist workers with --dist loadgroup: the real tests, one
+    # after another on one worker (they start private Slurm clusters whose jobs the node
+    # exporters under test would attribute to each other through /proc, and time MPI runs),
+    # the unit tests spread over both. Without xdist the marker is inert.
+    for item in items:
+        if item.get_closest_marker("real") is not None:
+            item.add_marker(pytest.mark.xdist_group("real"))
 
 
 @pytest.fixture(scope="session")
