@@ -230,9 +230,9 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
             dest="attribution_environ_fallback",
             action=argparse.BooleanOptionalAction,
             default=True,
-            help="job attribution (shared by the gpu and jobs collectors): when neither a job "
-            "cgroup nor a slurmstepd ancestor names a process's job, read SLURM_JOB_ID from "
-            "/proc/<pid>/environ (default: on)",
+            help="job attribution (shared by the gpu, jobs and textfile collectors): when "
+            "neither a job cgroup nor a slurmstepd ancestor names a process's job, read "
+            "SLURM_JOB_ID from /proc/<pid>/environ (default: on)",
         )
 
 

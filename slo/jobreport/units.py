@@ -17,7 +17,7 @@ def fmt_bytes(value: float | None) -> str:
         return f"{value:.0f} B"
     exp = min(int(math.log(abs(value), 1024)), len(_IEC) - 1)
     scaled = value / 1024**exp
-    if abs(scaled) >= 1024:  # log rounding at a power of 1024
+    if abs(scaled) >= 1024 and exp < len(_IEC) - 1:  # log rounding at a power of 1024
         exp, scaled = exp + 1, scaled / 1024
     return f"{_sig3(scaled)} {_IEC[exp]}"
 

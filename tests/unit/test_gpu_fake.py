@@ -139,11 +139,10 @@ def test_gpm_like_the_real_binding() -> None:
     with pytest.raises(pynvml.NVMLError_InvalidArgument):  # b holds no sample yet
         m.nvmlGpmMetricsGet(gpm_request(a, b, pynvml.NVML_GPM_METRIC_SM_UTIL))
     m.nvmlGpmSampleGet(h0, b)
-    request = m.nvmlGpmMetricsGet(
-        gpm_request(
-            a, b, pynvml.NVML_GPM_METRIC_SM_UTIL, pynvml.NVML_GPM_METRIC_C2C_TOTAL_TX_PER_SEC
-        )
-    )
+    # C2C total TX (100 in nvml.h): a metric this GPU does not count; older nvidia-ml-py
+    # releases (the floor, 12.550, among them) have no name for it
+    c2c_tx = getattr(pynvml, "NVML_GPM_METRIC_C2C_TOTAL_TX_PER_SEC", 100)
+    request = m.nvmlGpmMetricsGet(gpm_request(a, b, pynvml.NVML_GPM_METRIC_SM_UTIL, c2c_tx))
     assert isinstance(request, pynvml.c_nvmlGpmMetricsGet_t)
     sm, c2c = request.metrics[0], request.metrics[1]
     assert sm.nvmlReturn == pynvml.NVML_SUCCESS and sm.value == pytest.approx(62.0)
