@@ -25,6 +25,9 @@ GPU_IDLE_WARN = 0.5  # idle share of the GPU-time at or above which it is a warn
 GPU_MEMORY_LOW = 0.25  # peak memory share of every GPU below which a smaller GPU would do
 CPU_EFFICIENCY_WARN = 0.5  # used / allocated CPU time below which it is a warning
 CHECKPOINT_TARGET = 0.05  # the checkpoint-time SLO example: under 5% of the run
+# A run (or an allocation) shorter than this gives no meaningful averages: Prometheus' samples
+# are seconds apart, and dividing by a float artefact near 0 overflows to inf.
+MIN_SECONDS = 1.0
 
 
 def gpu_idle(gpus: Sequence[GpuUsage]) -> Finding | None:
@@ -87,7 +90,7 @@ def cpu(
     if not used:
         return None
     total = sum(used)
-    if allocated_cpu_seconds:
+    if allocated_cpu_seconds and allocated_cpu_seconds >= MIN_SECONDS:
         eff = total / allocated_cpu_seconds
         return Finding(
             "cpu_efficiency",
@@ -196,6 +199,8 @@ def alerts(report: JobReport) -> Finding | None:
 
 def findings(report: JobReport) -> tuple[Finding, ...]:
     run = report.window.seconds if report.window is not None else None
+    if run is not None and not run >= MIN_SECONDS:
+        run = None
     slurm = report.slurm
     candidates = (
         outcome(slurm.state.value, slurm.cause.value),
