@@ -1,198 +1,38 @@
-"""The exporter's state file: the job ledger and the jobcomp read position, written atomically.
-
-One JSON document, replaced with write-to-temporary + fsync + rename + fsync of the folder,
-so a crash leaves either the old or the new state, never a mix.
-
-At start-up (`restore_state`) a state file that is corrupt (not UTF-8, not JSON, truncated,
-not this exporter's, a ledger with missing keys or wrong types) is renamed to
-`<file>.corrupt-<UTC time>` and the ledger starts afresh; one error line names the file, what
-is wrong and what that means. A state file that exists but cannot be read (permissions, EIO,
-not a regular file) is left alone and the exporter runs without one (counters in memory only)
-until it is fixed and the exporter restarted: saving over it would destroy it. Either way the
-daemon starts; it never crash-loops on its own state.
-"""
+"""The exporter's state file: the job ledger and the jobcomp read position, written atomically
+by the shared mechanism of `hpcobs.exporters.runtime.statefile` (atomic replace; a corrupt file
+moved aside with one line and the ledger started afresh; an unreadable one left alone)."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
-import stat
-import time
-from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any, Literal
 
-log = logging.getLogger("hpcobs.slurm")
+from hpcobs.exporters.runtime.statefile import Restored, StateFile, StateFileError, move_aside
+
+__all__ = [
+    "FORMAT",
+    "STATE",
+    "Restored",
+    "StateFileError",
+    "load_state",
+    "move_aside",
+    "parse_state",
+    "restore_state",
+    "save_state",
+]
 
 FORMAT = "hpcobs-slurm-exporter-state"
-MAX_STATE_BYTES = 1 << 30  # far above any ledger (it is as small as slurmctld's job table)
 
-Restored = Literal["absent", "restored", "afresh", "unusable"]
-"""What `restore_state` did: no file yet; loaded; corrupt, moved aside, starting afresh;
-unreadable (or corrupt and not movable), left alone and not to be written."""
-
-
-class StateFileError(Exception):
-    """The state file exists but cannot be read (`corrupt` False) or is malformed (True)."""
-
-    def __init__(self, path: Path, problem: str, *, corrupt: bool) -> None:
-        self.path = path
-        self.problem = problem
-        self.corrupt = corrupt
-        super().__init__(f"{path}: {problem}; move it away (or delete it) to start afresh")
-
-
-def parse_state(data: bytes) -> dict[str, Any]:
-    """The document in a state file's bytes; ValueError in plain words when it is not one."""
-    if not data.strip():
-        raise ValueError("it is empty (a write cut short?)")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(
-            f"it is not text (byte 0x{data[exc.start]:02x} at offset {exc.start} is not "
-            "UTF-8): binary garbage, not a state file"
-        ) from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        ended = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")
-        cut = " (cut short?)" if ended else ""
-        raise ValueError(
-            f"it is not valid JSON{cut}: {exc.msg} (line {exc.lineno} column {exc.colno})"
-        ) from None
-    if not isinstance(doc, dict) or doc.get("kind") != FORMAT:
-        raise ValueError(f'it is not an hpcobs-slurm-exporter state file (no "kind": "{FORMAT}")')
-    return doc
-
-
-def load_state(path: Path) -> dict[str, Any] | None:
-    """The saved document, or None when there is no state file yet. Removes temporary files
-    a crash during a save left behind. Never blocks on a FIFO (opened non-blocking, and only
-    a regular file is read). Raises StateFileError."""
-    with contextlib.suppress(OSError):
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):
-            with contextlib.suppress(OSError):
-                stale.unlink()
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as exc:
-        raise StateFileError(path, f"cannot read it: {exc.strerror or exc}", corrupt=False) from exc
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise StateFileError(path, "it is not a regular file", corrupt=False)
-        if st.st_size > MAX_STATE_BYTES:
-            raise StateFileError(path, f"it is too large ({st.st_size} bytes)", corrupt=True)
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-    except OSError as exc:
-        raise StateFileError(path, f"cannot read it: {exc.strerror or exc}", corrupt=False) from exc
-    finally:
-        os.close(fd)
-    try:
-        return parse_state(b"".join(chunks))
-    except ValueError as exc:
-        raise StateFileError(path, str(exc), corrupt=True) from exc
-
-
-def move_aside(path: Path, now: float) -> Path:
-    """Rename `path` to `<path>.corrupt-<UTC time>` (never over an existing file); OSError."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while target.exists():
-        target = path.with_name(f"{path.name}.corrupt-{stamp}.{n}")
-        n += 1
-    os.rename(path, target)
-    return target
-
-
-def restore_state(
-    path: Path,
-    apply: Callable[[Mapping[str, Any]], None],
-    *,
-    afresh: str = "the job ledger starts afresh",
-    clock: Callable[[], float] = time.time,
-) -> Restored:
-    """Load `path` and hand the document to `apply`, which raises ValueError (in plain words,
-    changing nothing) when its content is malformed. Logs one line for a file that cannot be
-    used (`afresh` says what starting afresh means); never raises for the file's content."""
-    try:
-        doc = load_state(path)
-        if doc is None:
-            return "absent"
-        apply(doc)
-        return "restored"
-    except StateFileError as exc:
-        problem, corrupt = exc.problem, exc.corrupt
-    except ValueError as exc:
-        problem, corrupt = str(exc), True
-    if not corrupt:
-        log.error(
-            "cannot read the state file: running without one (counters in memory only, "
-            "nothing saved); fix it and restart the exporter",
-            extra={
-                "path": str(path),
-                "problem": problem,
-                "hint": "make it a regular file readable and writable by the exporter's user, "
-                "or move it away to start afresh",
-            },
-        )
-        return "unusable"
-    try:
-        moved = move_aside(path, clock())
-    except OSError as exc:
-        log.error(
-            "corrupt state file, and it cannot be moved aside: running without one (counters "
-            "in memory only, nothing saved); move it away or delete it and restart",
-            extra={"path": str(path), "problem": problem, "err": exc.strerror or str(exc)},
-        )
-        return "unusable"
-    log.error(
-        f"corrupt state file moved aside; {afresh}",
-        extra={
-            "path": str(path),
-            "problem": problem,
-            "moved_to": str(moved),
-            "hint": f"nothing to do to keep running; look at or delete {moved}",
-        },
-    )
-    return "afresh"
-
-
-def save_state(path: Path, doc: dict[str, Any]) -> int:
-    """Replace `path` with `doc` atomically; returns the bytes written. Raises OSError."""
-    data = json.dumps({"kind": FORMAT, **doc}, separators=(",", ":")).encode()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return len(data)
+STATE = StateFile(
+    kind=FORMAT,
+    what="an hpcobs-slurm-exporter state file",
+    max_bytes=1 << 30,  # far above any ledger (it is as small as slurmctld's job table)
+    log=logging.getLogger("hpcobs.slurm"),
+    name="state file",
+    unusable="counters in memory only, nothing saved",
+    afresh="the job ledger starts afresh",
+    restart="restart the exporter",
+)
+parse_state = STATE.parse
+load_state = STATE.load
+restore_state = STATE.restore
+save_state = STATE.save

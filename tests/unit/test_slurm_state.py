@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from hpcobs.exporters.runtime.log import LogfmtFormatter
-from hpcobs.exporters.slurm import state as state_module
 from hpcobs.exporters.slurm.backend import Backend
 from hpcobs.exporters.slurm.collector import SlurmCollector, build_collector, families, make_ledger
 from hpcobs.exporters.slurm.ledger import Ledger
@@ -226,7 +225,7 @@ def test_corrupt_state_that_cannot_be_moved_is_left_alone(
     def refuse(src: Any, dst: Any) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(state_module.os, "rename", refuse)
+    monkeypatch.setattr(os, "rename", refuse)
     with caplog.at_level(logging.INFO, logger="hpcobs"):
         collector = build(path)
     try:
@@ -290,7 +289,7 @@ def unwritable_by_replace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
             raise PermissionError(13, "Permission denied")
         real(src, dst)
 
-    monkeypatch.setattr(state_module.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)
     return tmp_path / "state.json"
 
 
@@ -319,7 +318,7 @@ def test_unwritable_state_directory_warns_once_and_says_when_it_works_again(
             path.parent.unlink()
             path.parent.mkdir()
         else:
-            state_module.os.replace.broken = False  # type: ignore[attr-defined]
+            os.replace.broken = False  # type: ignore[attr-defined]
         for _ in range(3):
             poller.run_cycle()
     again = [r for r in caplog.records if "saved again" in r.getMessage()]
