@@ -39,42 +39,12 @@ mkdir -p "$prom"
 exec 9>"$prom/.lock"
 flock 9
 
+# shellcheck source=scripts/compat/debs.sh
+source "$(dirname "$0")/debs.sh"
+
 fetch() {
-    local apt=$compat/apt-$suite
-    local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-    mkdir -p "$apt/etc/sources.list.d" "$apt/etc/preferences.d" "$apt/state/lists/partial" \
-        "$apt/cache/archives/partial" "$apt/debs"
-    echo "deb [signed-by=$keyring] http://deb.debian.org/debian $suite main" >"$apt/etc/sources.list"
-    local -a opts=(
-        -o "Dir::Etc::sourcelist=$apt/etc/sources.list"
-        -o "Dir::Etc::sourceparts=$apt/etc/sources.list.d"
-        -o "Dir::Etc::preferences=$apt/etc/preferences"
-        -o "Dir::Etc::preferencesparts=$apt/etc/preferences.d"
-        -o "Dir::State=$apt/state"
-        -o "Dir::Cache=$apt/cache"
-        -o "Acquire::Languages=none"
-        -o "APT::Get::List-Cleanup=false"
-        -o "APT::Sandbox::User=root"
-    )
-    # sid's Release file may be past its Valid-Until between dinstall runs.
-    [[ $suite == sid ]] && opts+=(-o "Acquire::Check-Valid-Until=false")
-    log "apt-get update ($suite main)"
-    apt-get -q "${opts[@]}" update >&2
     # From trixie on promtool is its own package (bookworm ships it inside prometheus).
-    local -a pkgs=(prometheus promtool prometheus-alertmanager)
-    rm -f "$apt/debs"/*.deb
-    log "apt-get download ${pkgs[*]}"
-    (cd "$apt/debs" && apt-get -q "${opts[@]}" download "${pkgs[@]/%//$suite}" >&2)
-    rm -rf "$root.part"
-    mkdir -p "$root.part"
-    local deb
-    for deb in "$apt/debs"/*.deb; do
-        log "dpkg -x $(basename "$deb")"
-        dpkg -x "$deb" "$root.part"
-    done
-    rm -rf "$root"
-    mv "$root.part" "$root"
-    (cd "$apt/debs" && ls -1 ./*.deb) >"$root/.debs"
+    fetch_debs "$compat/apt-$suite" "$root" "$suite" prometheus promtool prometheus-alertmanager
 }
 
 if [[ $suite == bookworm ]]; then

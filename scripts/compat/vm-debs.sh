@@ -39,39 +39,13 @@ mkdir -p "$vm"
 exec 9>"$vm/.lock"
 flock 9
 
+# shellcheck source=scripts/compat/debs.sh
+source "$(dirname "$0")/debs.sh"
+
 fetch() {
     local apt=$compat/apt-vm-$suite
-    local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-    mkdir -p "$apt/etc/sources.list.d" "$apt/etc/preferences.d" "$apt/state/lists/partial" \
-        "$apt/cache/archives/partial" "$apt/debs"
-    echo "deb [signed-by=$keyring] http://deb.debian.org/debian $suite main" >"$apt/etc/sources.list"
-    local -a opts=(
-        -o "Dir::Etc::sourcelist=$apt/etc/sources.list"
-        -o "Dir::Etc::sourceparts=$apt/etc/sources.list.d"
-        -o "Dir::Etc::preferences=$apt/etc/preferences"
-        -o "Dir::Etc::preferencesparts=$apt/etc/preferences.d"
-        -o "Dir::State=$apt/state"
-        -o "Dir::Cache=$apt/cache"
-        -o "Acquire::Languages=none"
-        -o "APT::Get::List-Cleanup=false"
-        -o "APT::Sandbox::User=root"
-    )
-    [[ $suite == sid ]] && opts+=(-o "Acquire::Check-Valid-Until=false")
-    log "apt-get update ($suite main)"
-    apt-get -q "${opts[@]}" update >&2
-    rm -f "$apt/debs"/*.deb
-    log "apt-get download victoria-metrics/$suite"
-    (cd "$apt/debs" && apt-get -q "${opts[@]}" download "victoria-metrics/$suite" >&2)
-    rm -rf "$root.part"
-    mkdir -p "$root.part"
-    local deb
-    for deb in "$apt/debs"/*.deb; do
-        log "dpkg -x $(basename "$deb")"
-        dpkg -x "$deb" "$root.part"
-        dpkg-deb -f "$deb" Version >"$root.part/.version"
-    done
-    rm -rf "$root"
-    mv "$root.part" "$root"
+    fetch_debs "$apt" "$root" "$suite" victoria-metrics
+    dpkg-deb -f "$apt"/debs/victoria-metrics_*.deb Version >"$root/.version"
 }
 
 if [[ $suite == bookworm ]]; then
