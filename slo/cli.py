@@ -48,19 +48,9 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] not in COMMANDS:
-        top = argparse.ArgumentParser(
-            prog=PROGRAM,
-            description="SLO specs → Prometheus rules, an SLI daemon, reports.",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            epilog="commands:\n" + "\n".join(f"  {c:9} {h}" for c, h in COMMANDS.items()),
+        return no_command(
+            PROGRAM, "SLO specs → Prometheus rules, an SLI daemon, reports.", COMMANDS, args
         )
-        top.add_argument("--version", action=VersionAction)
-        top.add_argument("command", choices=list(COMMANDS), help="see below")
-        if not args:
-            top.print_help(sys.stderr)
-            return 2
-        top.parse_args(args)  # --help, --version, or an error naming the commands
-        return 2
     command, rest = args[0], args[1:]
     try:
         if command == "validate":
@@ -75,6 +65,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         # killed by SIGPIPE does, and keep the interpreter's final flush from failing again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + int(signal.SIGPIPE)
+
+
+def no_command(program: str, description: str, commands: dict[str, str], args: list[str]) -> int:
+    """The top level of a command-line with subcommands when `args` names none: help (also
+    for no arguments at all), --version, or an error naming the commands. Returns 2 (or exits
+    0 for --help/--version)."""
+    top = argparse.ArgumentParser(
+        prog=program,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n"
+        + "\n".join(f"  {c:{max(map(len, commands)) + 1}} {h}" for c, h in commands.items()),
+    )
+    top.add_argument("--version", action=VersionAction)
+    top.add_argument("command", choices=list(commands), help="see below")
+    if not args:
+        top.print_help(sys.stderr)
+        return 2
+    top.parse_args(args)  # --help, --version, or an error naming the commands
+    return 2
 
 
 # -- shared flags --------------------------------------------------------------------------

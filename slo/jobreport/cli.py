@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hpcobs.exporters.runtime.cli import VersionAction, parse_duration, positive_duration
-from hpcobs.slo.cli import _when, add_prometheus_flags, client_from_args
+from hpcobs.slo.cli import _when, add_prometheus_flags, client_from_args, no_command
 from hpcobs.slo.jobreport.gather import AmbiguousJob, Options, gather
 from hpcobs.slo.jobreport.model import JobNotFound
 from hpcobs.slo.jobreport.queries import JOB_ID
@@ -32,19 +32,9 @@ _SLO_ONLY = {"query_concurrency", "settle"}
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] not in COMMANDS:
-        top = argparse.ArgumentParser(
-            prog=PROGRAM,
-            description="Reports on Slurm jobs from the metrics in Prometheus.",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            epilog="commands:\n" + "\n".join(f"  {c:8} {h}" for c, h in COMMANDS.items()),
+        return no_command(
+            PROGRAM, "Reports on Slurm jobs from the metrics in Prometheus.", COMMANDS, args
         )
-        top.add_argument("--version", action=VersionAction)
-        top.add_argument("command", choices=list(COMMANDS), help="see below")
-        if not args:
-            top.print_help(sys.stderr)
-            return 2
-        top.parse_args(args)  # --help, --version, or an error naming the commands
-        return 2
     return report_main(args[1:])
 
 
