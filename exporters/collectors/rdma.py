@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 from prometheus_client.metrics_core import Metric
@@ -422,50 +423,10 @@ def to_families(scan: Scan, memo: LabelMemo | None = None) -> Families:
     _extend(
         out, PORT_RATE, [S(name, labels, p.rate) for p, labels, _ in ports if p.rate is not None]
     )
-    for file, (metric, scale) in COUNTERS.items():  # port_rcv_data: 4-byte words → bytes
-        name = metric.name
-        _extend(
-            out,
-            metric,
-            [
-                S(name, labels, n * scale)
-                for p, labels, _ in ports
-                if (n := p.counters.get(file)) is not None
-            ],
-        )
-    name = PORT_COUNTER.name
-    _extend(
-        out,
-        PORT_COUNTER,
-        [
-            S(name, by.get(file) or _counter_labels(labels, by, file), n)
-            for p, labels, by in ports
-            for file, n in p.counters.items()
-            if file not in COUNTERS
-        ],
-    )
-    for file, (metric, scale) in COUNTERS_EXT.items():
-        name = metric.name
-        _extend(
-            out,
-            metric,
-            [
-                S(name, labels, n * scale)
-                for p, labels, _ in ports
-                if (n := p.counters_ext.get(file)) is not None
-            ],
-        )
-    name = LEGACY_COUNTER.name
-    _extend(
-        out,
-        LEGACY_COUNTER,
-        [
-            S(name, by.get(file) or _counter_labels(labels, by, file), n)
-            for p, labels, by in ports
-            for file, n in p.counters_ext.items()
-            if file not in COUNTERS_EXT
-        ],
-    )
+    # port_rcv_data: 4-byte words → bytes; the files without a metric of their own go to the
+    # catch-all metric with a `counter` label
+    _counter_files(out, ports, attrgetter("counters"), COUNTERS, PORT_COUNTER)
+    _counter_files(out, ports, attrgetter("counters_ext"), COUNTERS_EXT, LEGACY_COUNTER)
     name = HW_COUNTER.name
     _extend(
         out,
@@ -489,6 +450,40 @@ def to_families(scan: Scan, memo: LabelMemo | None = None) -> Families:
     if scan.netlink is not None:
         _netdevs(out, scan.netlink, ports)
     return out
+
+
+def _counter_files(
+    out: Families,
+    ports: list[tuple[Port, Labels, dict[str, Labels]]],
+    files: Callable[[Port], dict[str, int]],
+    table: dict[str, tuple[MetricDef, int]],
+    other: MetricDef,
+) -> None:
+    """One directory's counter files (`files` of each port): each file of `table` as its own
+    metric (scaled), then every other file as `other`{counter=<file>}."""
+    S = Sample
+    for file, (metric, scale) in table.items():
+        name = metric.name
+        _extend(
+            out,
+            metric,
+            [
+                S(name, labels, n * scale)
+                for p, labels, _ in ports
+                if (n := files(p).get(file)) is not None
+            ],
+        )
+    name = other.name
+    _extend(
+        out,
+        other,
+        [
+            S(name, by.get(file) or _counter_labels(labels, by, file), n)
+            for p, labels, by in ports
+            for file, n in files(p).items()
+            if file not in table
+        ],
+    )
 
 
 def _netdevs(out: Families, netlink: Netlink, ports: list[tuple[Port, Labels, Any]]) -> None:
