@@ -22,7 +22,7 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI") == "true":
     settings.load_profile("ci")
 
-pytest_plugins = ["harness.servers", "harness.slurm", "harness.runtime"]
+pytest_plugins = ["harness.servers", "harness.slurm", "harness.runtime", "harness.slurm_exporter"]
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE_TREES = REPO / "tests" / "data" / "fixtures"

@@ -31,20 +31,18 @@ import signal
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
-from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.runtime import ExporterProcess
 from harness.slurm import SlurmCluster, SlurmClusterFactory
+from harness.slurm_exporter import Starter, epoch, wait_for
 
 pytestmark = pytest.mark.real
 
-PROGRAM = "hpcobs-slurm-exporter"
 CAUSE = {
     "completed": "none",
     "failed": "user",
@@ -87,59 +85,6 @@ def select(samples: Samples, name: str, *labels: str) -> dict[tuple[str, ...], f
             key = tuple(d[k] for k in labels)
             out[key] = out.get(key, 0.0) + value
     return {k: v for k, v in out.items() if v}
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-            if last:
-                return last
-        except AssertionError as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:g} s; last: {last}")
-        time.sleep(interval)
-
-
-Starter = Callable[..., ExporterProcess]
-
-
-@pytest.fixture
-def start_exporter() -> Iterator[Starter]:
-    """Start hpcobs-slurm-exporter processes on a cluster; all stopped (by PID) at teardown."""
-    started: list[ExporterProcess] = []
-
-    def start(cluster: SlurmCluster, workdir: Path, name: str, *extra: str) -> ExporterProcess:
-        exporter = _exporter(cluster, workdir, name, *extra)
-        started.append(exporter)
-        return exporter.start()
-
-    yield start
-    for exporter in started:
-        exporter.stop()
-
-
-def _exporter(cluster: SlurmCluster, workdir: Path, name: str, *extra: str) -> ExporterProcess:
-    return ExporterProcess(
-        PROGRAM,
-        [
-            f"--slurm.conf={cluster.conf_path}",
-            "--slurm.backend=auto",
-            "--slurm.poll-interval=1s",
-            "--slurm.timeout=5s",
-            "--slurm.stale-after=4s",
-            f"--slurm.state-file={workdir / f'{name}.state'}",
-            *extra,
-        ],
-        workdir,
-    )
-
-
-def epoch(text: str) -> int:
-    return int(datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").timestamp())
 
 
 def jobcomp_truth(

@@ -26,10 +26,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -38,10 +35,10 @@ from hpcobs.exporters.slurm.model import MAX_LABEL_CHARS, label_value
 
 from harness.runtime import BIN, ExporterProcess
 from harness.slurm import SlurmCluster, SlurmClusterFactory
+from harness.slurm_exporter import PROGRAM, Starter, epoch, wait_for
 
 pytestmark = pytest.mark.real
 
-PROGRAM = "hpcobs-slurm-exporter"
 ODD = ("q\"uo'te ü " * 40)[:300]
 ODD_ACCOUNT = ODD.replace(" ", "_")
 LOG_URL = "https://logs.example/search?job={job_id}&from={start}&to={end}"
@@ -75,61 +72,6 @@ def select(samples: Samples, name: str, **match: str) -> dict[tuple[tuple[str, s
 
 def total(samples: Samples, name: str, **match: str) -> float:
     return sum(select(samples, name, **match).values())
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-            if last:
-                return last
-        except AssertionError as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:g} s; last: {last}")
-        time.sleep(interval)
-
-
-Starter = Callable[..., ExporterProcess]
-
-
-@pytest.fixture
-def start_exporter() -> Iterator[Starter]:
-    """Start hpcobs-slurm-exporter processes; all stopped (by PID) at teardown."""
-    started: list[ExporterProcess] = []
-
-    def start(
-        cluster: SlurmCluster,
-        workdir: Path,
-        name: str,
-        *extra: str,
-        command: list[str] | None = None,
-    ) -> ExporterProcess:
-        exporter = ExporterProcess(
-            PROGRAM,
-            [
-                f"--slurm.conf={cluster.conf_path}",
-                "--slurm.poll-interval=1s",
-                "--slurm.timeout=5s",
-                "--slurm.stale-after=5s",
-                f"--slurm.state-file={workdir / f'{name}.state'}",
-                *extra,
-            ],
-            workdir,
-            command=command,
-        )
-        started.append(exporter)
-        return exporter.start()
-
-    yield start
-    for exporter in started:
-        exporter.stop()
-
-
-def epoch(text: str) -> int:
-    return int(datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").timestamp())
 
 
 def squeue_times(cluster: SlurmCluster, job: int) -> dict[str, int]:
