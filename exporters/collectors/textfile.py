@@ -32,10 +32,8 @@ cannot be listed is a scrape error.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import math
-import pkgutil
 import re
 import time
 from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
@@ -409,8 +407,7 @@ def daemon_metric_names() -> frozenset[str]:
     from hpcobs.exporters import collectors
 
     definitions = [*scrape.METRICS, *VERSION_METRICS]
-    for info in pkgutil.iter_modules(collectors.__path__):
-        module = importlib.import_module(f"{collectors.__name__}.{info.name}")
+    for module in collectors.modules():
         definitions.extend(getattr(module, "METRICS", ()))
     names: set[str] = set()
     for d in definitions:
