@@ -353,10 +353,16 @@ class ExporterServer(ThreadingHTTPServer):
                             return
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # The slot is given back before the socket is closed, so a plain-HTTP client that has
+        # seen the close can count on the slot being free (socketserver closes first). A TLS
+        # socket is closed by finish_request, a moment before.
         try:
-            super().process_request_thread(request, client_address)
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
             self._release_connection()
+            self.shutdown_request(request)
 
     def _release_connection(self) -> None:
         with self._connections_lock:

@@ -172,6 +172,21 @@ def test_connections_over_the_cap_are_refused_without_a_thread() -> None:
             assert read_response(sock)[0].split()[1] == "200"
 
 
+def test_a_slot_is_free_once_its_client_has_seen_the_close() -> None:
+    # With one slot, a client that read a reply up to the close must find the slot free:
+    # the server gives it back before closing, not after (else the next connection races
+    # the closing thread and gets 503).
+    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with serving(max_connections=1) as server:
+        for _ in range(200):
+            with connect(server) as sock:
+                sock.sendall(get)
+                reply = b""
+                while chunk := sock.recv(4096):
+                    reply += chunk
+            assert reply.startswith(b"HTTP/1.1 200"), reply
+
+
 def test_bad_connection_options_are_rejected() -> None:
     coord = ScrapeCoordinator([StaticCollector()], timeout=1.0)
     try:
