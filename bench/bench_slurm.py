@@ -380,8 +380,10 @@ def main() -> None:
             arrays = [
                 cluster.sbatch("true", f"--array=0-{TASKS - 1}", "--hold") for _ in range(ARRAYS)
             ]
+            phases = ", ".join(f"{k} {v:.2f} s" for k, v in cluster.timings.items())
+            print(f"slurm: started in {t0 - started:.1f} s, target <= 10 ({phases})", flush=True)
             print(
-                f"slurm: started in {t0 - started:.1f} s; {ARRAYS} held arrays of {TASKS} "
+                f"slurm: {ARRAYS} held arrays of {TASKS} "
                 f"tasks submitted in {time.monotonic() - t0:.1f} s",
                 flush=True,
             )

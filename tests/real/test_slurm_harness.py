@@ -31,11 +31,12 @@ def _jobcomp_states(cluster: SlurmCluster) -> dict[int, str]:
     return {int(r["JobId"]): r["JobState"] for r in cluster.jobcomp_records()}
 
 
-def test_cluster_starts_quickly_with_the_configured_node(slurm_cluster: SlurmCluster) -> None:
+def test_cluster_starts_with_the_configured_node(slurm_cluster: SlurmCluster) -> None:
+    # How fast it starts is a figure of `make bench BENCH=slurm`, not an assertion here.
     c = slurm_cluster
     assert c.start_seconds is not None
-    assert c.timings["node_idle"] < 3.0, c.timings
-    assert c.start_seconds < 10.0, c.timings
+    phases = [c.timings[phase] for phase in ("munged", "slurmctld", "node_idle")]
+    assert phases == sorted(phases) and phases[-1] <= c.start_seconds, c.timings
     assert c.node_name == NODE_NAME
     assert c.cpus == detect_hardware().cpus
     assert c.real_memory_mb <= detect_hardware().real_memory_mb
