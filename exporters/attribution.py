@@ -27,7 +27,8 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Collection, Iterable
+import time
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,6 +47,9 @@ _CACHE_LIMIT = 65536
 # Cached answers kept before a look at only some PIDs (the gpu collector's) checks which of
 # them still run; a look at every PID (the jobs collector's) keeps exactly the live ones.
 _PARTIAL_LIMIT = 4096
+# The daemon's collectors collect concurrently within one scrape: a look at every process
+# this recent is the answer for the next one too (the jobs and textfile collectors each ask).
+DAEMON_REUSE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -67,11 +71,23 @@ class JobAttributor:
     only after an exec (a new command name).
 
     Shared by the collectors of one daemon, which collect concurrently: one look at a time.
+    With `reuse_seconds`, a look at every process that finished less than that long ago
+    answers the next one (the daemon's collectors of one scrape walk /proc once); a look
+    at some PIDs is always fresh.
     """
 
-    def __init__(self, procfs: str = "/proc", environ_fallback: bool = True) -> None:
+    def __init__(
+        self,
+        procfs: str = "/proc",
+        environ_fallback: bool = True,
+        reuse_seconds: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.proc = Procfs(procfs)
         self.environ_fallback = environ_fallback
+        self.reuse_seconds = reuse_seconds
+        self._clock = clock
+        self._last_every: tuple[float, dict[int, Attribution]] | None = None
         self._lock = threading.Lock()
         self._cache: dict[tuple[int, int], Attribution] = {}
         self._stepd: dict[tuple[int, int], str | None] = {}
@@ -82,7 +98,14 @@ class JobAttributor:
     def attribute(self, pids: Iterable[int] | None = None) -> dict[int, Attribution]:
         """Attributions of `pids` (default: every process) that belong to a Slurm job."""
         with self._lock:
-            return self._attribute(None if pids is None else list(pids))
+            if pids is not None:
+                return self._attribute(list(pids))
+            last = self._last_every
+            if last is not None and 0 <= self._clock() - last[0] < self.reuse_seconds:
+                return dict(last[1])
+            found = self._attribute(None)
+            self._last_every = (self._clock(), found)
+            return dict(found)
 
     def _attribute(self, pids: list[int] | None) -> dict[int, Attribution]:
         wanted = self.proc.pids() if pids is None else pids
@@ -238,4 +261,6 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
 
 def from_args(args: argparse.Namespace) -> JobAttributor:
     """The daemon's attributor, made once by `Services.get(from_args)`."""
-    return JobAttributor(args.path_procfs, args.attribution_environ_fallback)
+    return JobAttributor(
+        args.path_procfs, args.attribution_environ_fallback, reuse_seconds=DAEMON_REUSE_SECONDS
+    )

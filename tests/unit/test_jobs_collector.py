@@ -358,3 +358,69 @@ def test_shared_attributor_from_many_threads() -> None:
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_a_recent_look_at_every_process_answers_the_next(tmp_path: Path) -> None:
+    """Within `reuse_seconds` a look at every process is answered from the last one (the
+    collectors of one scrape walk /proc once); after it, and for some PIDs, it is fresh."""
+    import shutil
+
+    tree = tmp_path / "proc"
+    shutil.copytree(DATA / "linuxproc" / "proc", tree)
+    now = [100.0]
+    attributor = JobAttributor(str(tree), reuse_seconds=1.0, clock=lambda: now[0])
+    first = attributor.attribute()
+    assert 3301 not in first
+    (tree / "3301" / "cgroup").write_text("0::/system.slice/slurmstepd.scope/job_77/step_0\n")
+    now[0] += 0.5
+    again = attributor.attribute()
+    assert again == first and again is not first  # the caller may change its copy
+    assert attributor.attribute([3301])[3301].job_id == "77"  # some PIDs: always looked at
+    now[0] += 0.6
+    assert attributor.attribute()[3301].job_id == "77"
+
+
+def test_one_scrape_of_jobs_and_textfile_walks_proc_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpcobs.exporters.collectors import textfile
+
+    monkeypatch.setattr(psutil, "PROCFS_PATH", psutil.PROCFS_PATH)
+    tree = str(DATA / "linuxproc" / "proc")
+    textfiles = tmp_path / "textfile"
+    textfiles.mkdir()
+    (textfiles / "job.prom").write_text('hpcobs_checkpoint_last_seconds{job_id="3001"} 2\n')
+    specs = [jobs.SPEC, textfile.SPEC]
+    parser = build_parser("test", "test", ":0", specs, paths=True)
+    args = parse_args(
+        parser, [f"--path.procfs={tree}", f"--collector.textfile.directory={textfiles}"]
+    )
+    services = Services(args)
+    shared = services.get(attribution.from_args)  # what both collectors get from the daemon
+    table = {pid: ProcSample(1.0, 1) for pid in range(1, 10000)}
+    collectors = [
+        JobsCollector(sampler=TableSampler(table), attributor=shared),
+        textfile.SPEC.factory(args, services),
+    ]
+    walks: list[int] = []
+    pids = shared.proc.pids
+    monkeypatch.setattr(shared.proc, "pids", lambda: walks.append(1) or pids())
+    results: dict[int, list[Metric]] = {}
+    try:
+        threads = [
+            threading.Thread(target=lambda i=i, c=c: results.update({i: list(c.collect())}))
+            for i, c in enumerate(collectors)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert walks == [1]
+        active = {job for job, _ in _expected_linuxproc().values()}
+        assert values(iter(results[0]))[("hpcobs_jobs_active", ())] == len(active)
+        kept = [m for m in results[1] if m.name == "hpcobs_checkpoint_last_seconds"]
+        assert [s.labels["job_id"] for s in kept[0].samples] == ["3001"]
+    finally:
+        for collector in collectors:
+            collector.close()
+        services.close()

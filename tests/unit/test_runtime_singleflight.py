@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from hpcobs.exporters.runtime.singleflight import SingleFlight
-from tests.harness.collectors import wait_until
+
+from harness.collectors import wait_until
 
 pytestmark = pytest.mark.unit
 
