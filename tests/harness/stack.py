@@ -33,12 +33,12 @@ from harness.servers import (
     Pushgateway,
     WebhookReceiver,
 )
-from harness.slurm import SlurmCluster
+from harness.slurm import CLUSTER_NAME, SlurmCluster
 from harness.trees import copy_tree
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-CLUSTER = "e2e"
+CLUSTER = CLUSTER_NAME  # the `cluster` label equals Slurm's ClusterName, as docs/job-report.md asks
 
 
 def node_fixture_root(fixture_trees: Path, dest: Path) -> Path:

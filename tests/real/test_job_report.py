@@ -87,10 +87,9 @@ def report(suite: Suite, *args: str) -> subprocess.CompletedProcess[str]:
 def job_script(suite: Suite, may_end: Path) -> str:
     """Two seconds of CPU, a checkpoint that succeeds and one that fails, then wait for the
     test and fail (exit 3)."""
-    # without SLURM_CLUSTER_NAME: the stack labels its targets cluster="e2e", the private
-    # Slurm cluster is named otherwise, and a pushed cluster label would win (honor_labels)
+    # SLURM_CLUSTER_NAME is pushed as `cluster`: the stack's targets carry the same name
     ckpt = (
-        f"env -u SLURM_CLUSTER_NAME {BIN / 'hpcobs-checkpoint'} run --name model --pushgateway.url {suite.pushgateway.url}"
+        f"{BIN / 'hpcobs-checkpoint'} run --name model --pushgateway.url {suite.pushgateway.url}"
         f" --state.directory {suite.workdir / 'checkpoint-state'}"
     )
     return (
