@@ -427,16 +427,7 @@ def to_families(scan: Scan, memo: LabelMemo | None = None) -> Families:
     # catch-all metric with a `counter` label
     _counter_files(out, ports, attrgetter("counters"), COUNTERS, PORT_COUNTER)
     _counter_files(out, ports, attrgetter("counters_ext"), COUNTERS_EXT, LEGACY_COUNTER)
-    name = HW_COUNTER.name
-    _extend(
-        out,
-        HW_COUNTER,
-        [
-            S(name, by.get(file) or _counter_labels(labels, by, file), n)
-            for p, labels, by in ports
-            for file, n in p.hw_counters.items()
-        ],
-    )
+    _counter_files(out, ports, attrgetter("hw_counters"), {}, HW_COUNTER)  # all catch-all
     name = HW_COUNTERS_LIFESPAN.name
     _extend(
         out,
